@@ -1,0 +1,1 @@
+//! Checker (see issue: checker). Empty until then.

@@ -1,0 +1,1 @@
+//! Load generator (see issue: load generator). Empty until then.
