@@ -41,11 +41,12 @@ use crate::room::{Copied, Room};
 const READ_BYTES_PER_WAKE: usize = 64 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 4096;
-/// A read buffer larger than this is freed as soon as it is empty.
-const READ_BUFFER_KEEP_BYTES: usize = 8 * 1024;
 /// A write buffer larger than this is freed as soon as it has been written; smaller ones
 /// are kept while the connection is busy and freed at the next heartbeat tick.
 const WRITE_BUFFER_KEEP_BYTES: usize = 64 * 1024;
+/// A write buffer this small is freed as soon as it has been written: cheap to make
+/// again, and it is what idle connections would otherwise hold.
+const WRITE_BUFFER_FREE_BELOW_BYTES: usize = 4 * 1024;
 /// How long a closing connection may take to flush its last bytes and close frame.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -282,8 +283,10 @@ impl Connection {
             };
             self.rpos += used;
             match inbound {
+                // Boxed: event handling is the deepest await in the task, and keeping it
+                // out of line keeps every idle connection's task small.
                 Inbound::Event(ev) => match *ev {
-                    Ok(ev) => self.on_event(ev).await?,
+                    Ok(ev) => Box::pin(self.on_event(ev)).await?,
                     Err(rej) => self.reject_frame(rej),
                 },
                 Inbound::Binary => self.reject_binary(),
@@ -292,12 +295,10 @@ impl Connection {
                 Inbound::Close(code) => return Err(Exit::PeerClosed(code)),
             }
         }
-        // Keep only the unconsumed tail, and no idle buffer.
+        // Keep only the unconsumed tail, and no buffer at all when nothing is left: most
+        // connections read rarely, and an empty buffer costs nothing.
         if self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
-            if self.rbuf.capacity() > READ_BUFFER_KEEP_BYTES {
-                self.rbuf = Vec::new();
-            }
+            self.rbuf = Vec::new();
         } else if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
         }
@@ -312,6 +313,9 @@ impl Connection {
 
     /// Gathers what the client is owed into the write buffer: control frames, then each
     /// room's messages after its cursor, until the buffer holds `write_buffer_bytes_max`.
+    /// When it stops at that bound with messages still owed, it wakes its own task, so
+    /// the loop comes back for the rest once the socket has taken what is buffered
+    /// (nobody else will: the room published those messages long ago).
     async fn fill(&mut self) -> Result<(), Exit> {
         self.outbox.drain_into(&mut self.wbuf);
         let max = self.node.cfg.write_buffer_bytes_max;
@@ -323,6 +327,9 @@ impl Connection {
             loop {
                 let j = &self.rooms[i];
                 if self.wbuf.len() - self.wpos >= max {
+                    if self.rooms.iter().any(|j| j.cursor < j.room.head()) {
+                        self.outbox.wake();
+                    }
                     break 'rooms;
                 }
                 if j.cursor >= j.room.head() {
@@ -430,7 +437,10 @@ impl Connection {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
-            if self.wbuf.capacity() > WRITE_BUFFER_KEEP_BYTES {
+            // Small buffers (a connection that got a few events) and very large ones are
+            // freed; mid-sized ones belong to busy connections and are kept for reuse.
+            let cap = self.wbuf.capacity();
+            if cap <= WRITE_BUFFER_FREE_BELOW_BYTES || cap > WRITE_BUFFER_KEEP_BYTES {
                 self.wbuf = Vec::new();
             }
         } else if self.wpos > self.wbuf.len() / 2 {
