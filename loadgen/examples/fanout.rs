@@ -32,6 +32,7 @@ struct Opts {
     target: Option<String>,
     server_pid: Option<u32>,
     clients: usize,
+    rooms: usize,
     publishers: usize,
     rate: f64,
     window: usize,
@@ -40,6 +41,8 @@ struct Opts {
     text_bytes: usize,
     sync: String,
     workers: usize,
+    /// Lift the server's per-connection rate limits (a benchmark measures capacity).
+    unlimited: bool,
 }
 
 fn parse() -> Opts {
@@ -48,6 +51,7 @@ fn parse() -> Opts {
         target: None,
         server_pid: None,
         clients: 1000,
+        rooms: 1,
         publishers: 10,
         rate: 100.0,
         window: 16,
@@ -56,6 +60,7 @@ fn parse() -> Opts {
         text_bytes: 64,
         sync: "normal".into(),
         workers: 2,
+        unlimited: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -66,6 +71,7 @@ fn parse() -> Opts {
             "--target" => o.target = Some(v),
             "--server-pid" => o.server_pid = v.parse().ok(),
             "--clients" => o.clients = v.parse().expect("--clients N"),
+            "--rooms" => o.rooms = v.parse().expect("--rooms N"),
             "--publishers" => o.publishers = v.parse().expect("--publishers N"),
             "--rate" => o.rate = v.parse().expect("--rate R"),
             "--window" => o.window = v.parse().expect("--window W"),
@@ -74,6 +80,10 @@ fn parse() -> Opts {
             "--text-bytes" => o.text_bytes = v.parse().expect("--text-bytes N"),
             "--sync" => o.sync = v,
             "--workers" => o.workers = v.parse().expect("--workers N"),
+            "--limits" => {
+                o.unlimited = false;
+                i -= 1;
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -107,6 +117,8 @@ struct Shared {
     delivered: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
+    acked_measured: AtomicU64,
+    errors: AtomicU64,
     late_sends: AtomicU64,
 }
 
@@ -140,7 +152,11 @@ async fn client(
         .await
         .expect("connect");
     let mut out = Vec::new();
-    wire::text_frame(&mut out, br#"{"type":"join","room":"bench"}"#);
+    let room = format!("bench-{}", k % opts.rooms.max(1));
+    wire::text_frame(
+        &mut out,
+        format!(r#"{{"type":"join","room":"{room}"}}"#).as_bytes(),
+    );
     stream.write_all(&out).await.expect("join");
     out.clear();
     let publisher = k < opts.publishers;
@@ -179,7 +195,7 @@ async fn client(
                     use std::io::Write;
                     let _ = write!(
                         b,
-                        r#"{{"type":"send","room":"bench","id":"p{k}-{n}","text":"t{t:020}{pad}"}}"#
+                        r#"{{"type":"send","room":"{room}","id":"p{k}-{n}","text":"t{t:020}{pad}"}}"#
                     );
                 });
                 shared.sent.fetch_add(1, Relaxed);
@@ -237,10 +253,15 @@ async fn client(
                         Frame::Text(p) if p.starts_with(br#"{"type":"ack""#) => {
                             outstanding = outstanding.saturating_sub(1);
                             shared.acked.fetch_add(1, Relaxed);
+                            if measuring {
+                                shared.acked_measured.fetch_add(1, Relaxed);
+                            }
                         }
                         Frame::Text(p) if p.starts_with(br#"{"type":"joined""#) => joined = true,
                         Frame::Text(p) if p.starts_with(br#"{"type":"error""#) => {
-                            eprintln!("client {k}: {}", String::from_utf8_lossy(p));
+                            if shared.errors.fetch_add(1, Relaxed) < 5 {
+                                eprintln!("client {k}: {}", String::from_utf8_lossy(p));
+                            }
                         }
                         Frame::Ping(p) => wire::control_frame(&mut out, OP_PONG, p),
                         _ => {}
@@ -294,9 +315,18 @@ fn main() {
                 .expect("free port")
                 .port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let config = dir.path().join("bench.toml");
+            let limits = if opts.unlimited {
+                "send_rate_per_sec = 1e9\nsend_burst = 1000000\nevent_rate_per_sec = 1e9\nevent_burst = 1000000\n"
+            } else {
+                ""
+            };
+            std::fs::write(&config, limits).expect("writing the server config");
             let child = Command::new(&opts.server_bin)
                 .args([
                     "serve",
+                    "--config",
+                    &config.display().to_string(),
                     "--listen",
                     &addr.to_string(),
                     "--db",
@@ -325,6 +355,8 @@ fn main() {
         delivered: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
+        acked_measured: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
         late_sends: AtomicU64::new(0),
     });
     let hist = rt.block_on(async {
@@ -366,10 +398,20 @@ fn main() {
         let rate = delivered as f64 / secs;
         let server_cpu = cpu1 - cpu0;
         println!(
-            "clients={} publishers={} rate={}/s/publisher window={} text={}B sync={}",
-            opts.clients, opts.publishers, opts.rate, opts.window, opts.text_bytes, opts.sync
+            "clients={} rooms={} publishers={} rate={}/s/publisher window={} text={}B sync={}",
+            opts.clients,
+            opts.rooms,
+            opts.publishers,
+            opts.rate,
+            opts.window,
+            opts.text_bytes,
+            opts.sync
         );
         println!("deliveries/s        {:>12.0}", rate);
+        println!(
+            "acked sends/s       {:>12.0}",
+            shared.acked_measured.load(Relaxed) as f64 / secs
+        );
         println!(
             "latency ms          p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
             all.value_at_quantile(0.5) as f64 / 1e6,
@@ -398,9 +440,10 @@ fn main() {
             (me1 - me0) * 1e6 / delivered.max(1) as f64
         );
         println!(
-            "sent {} acked {} late-schedule events {}",
+            "sent {} acked {} errors {} late-schedule events {}",
             shared.sent.load(Relaxed),
             shared.acked.load(Relaxed),
+            shared.errors.load(Relaxed),
             shared.late_sends.load(Relaxed)
         );
         all

@@ -171,7 +171,11 @@ impl Connection {
         let heartbeat = Duration::from_millis(self.node.cfg.heartbeat_ms);
         let mut ticker = interval_at(Instant::now() + heartbeat, heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Created once: each `cancelled()` future registers with the token under a lock
+        // shared by every connection, which is not something to do on every turn.
         let shutdown = self.node.shutdown.clone();
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
         let inflight_max = self.node.cfg.inflight_sends_per_connection_max;
         let write_max = self.node.cfg.write_buffer_bytes_max;
         loop {
@@ -195,7 +199,7 @@ impl Connection {
             let can_read = !self.frames_waiting && self.outbox.inflight() < inflight_max;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Exit::Shutdown,
+                _ = &mut shutdown => return Exit::Shutdown,
                 r = self.stream.writable(), if unsent > 0 => {
                     if let Err(e) = r {
                         return Exit::Io(e);

@@ -175,6 +175,25 @@ pub async fn run(
     prepare(cfg, shutdown)?.serve(listener).await
 }
 
+/// Pending connections the kernel may queue before `accept` (clamped by
+/// `net.core.somaxconn`). tokio's default of 1024 overflows when thousands of clients
+/// connect at once, and an overflowing accept queue drops handshakes.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with `SO_REUSEADDR` and a deep accept queue.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_err)?;
+    socket.set_reuseaddr(true).map_err(bind_err)?;
+    socket.bind(addr).map_err(bind_err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(bind_err)
+}
+
 /// A server running in the background of the current runtime.
 pub struct Server {
     addr: SocketAddr,
@@ -187,12 +206,7 @@ impl Server {
     pub async fn start(cfg: Config) -> Result<Server, ServerError> {
         let shutdown = CancellationToken::new();
         let prepared = prepare(cfg.clone(), shutdown.clone())?;
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+        let listener = bind(cfg.listen)?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(prepared.serve(listener));
         Ok(Server {
