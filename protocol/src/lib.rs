@@ -7,6 +7,7 @@ pub mod codec;
 pub mod event;
 pub mod limits;
 pub mod names;
+pub mod record;
 pub mod ws;
 
 pub use codec::{
