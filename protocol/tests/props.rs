@@ -203,11 +203,8 @@ proptest! {
             let mut dec = Decoder::new(role, 256);
             let mut buf = bytes.clone();
             let mut pos = 0;
-            loop {
-                match dec.decode(&mut buf[pos..]) {
-                    Ok(Decoded::Frame(_, n)) | Ok(Decoded::Fragment(n)) => pos += n,
-                    Ok(Decoded::NeedMore(_)) | Err(_) => break,
-                }
+            while let Ok(Decoded::Frame(_, n) | Decoded::Fragment(n)) = dec.decode(&mut buf[pos..]) {
+                pos += n;
             }
         }
     }
