@@ -59,9 +59,68 @@ pub struct Header {
     /// Anomaly kinds the scenario declares acceptable (the checker still lists them).
     #[serde(default)]
     pub allowed_anomalies: Vec<String>,
-    /// Free-form settings of the run worth keeping with it (room groups, faults...).
+    /// Pass/fail bounds from the scenario.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// Room groups, so reports can break figures down by room size.
+    #[serde(default)]
+    pub groups: Vec<RoomGroup>,
+    /// Phases of the run on the `t_us` clock, when known: figures like deliveries/s are
+    /// taken over the steady window `[steady_from_us, steady_to_us)`.
+    #[serde(default)]
+    pub steady_from_us: Option<u64>,
+    #[serde(default)]
+    pub steady_to_us: Option<u64>,
+    /// Free-form settings of the run worth keeping with it (faults, rates...).
     #[serde(default)]
     pub settings: serde_json::Value,
+}
+
+/// A group of rooms of one size: rooms whose name starts with `room_prefix`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomGroup {
+    pub name: String,
+    pub room_prefix: String,
+    pub rooms: u32,
+    pub members_per_room: u32,
+}
+
+/// Pass/fail bounds a scenario sets for CI. Unknown keys are an error everywhere (a
+/// misspelled threshold must never silently pass). Every field is optional; an absent
+/// bound is not checked, except that any anomaly not declared allowed always fails.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Deliveries per second over the steady window, at least.
+    pub deliveries_per_sec_min: Option<f64>,
+    /// Send→deliver latency percentiles, at most (milliseconds).
+    pub latency_p50_ms_max: Option<f64>,
+    pub latency_p99_ms_max: Option<f64>,
+    pub latency_p999_ms_max: Option<f64>,
+    pub latency_max_ms_max: Option<f64>,
+    /// Send→ack latency at the 99th percentile, at most (milliseconds).
+    pub ack_p99_ms_max: Option<f64>,
+    /// Sends never acked nor delivered (the connection died), at most.
+    pub unconfirmed_max: Option<u64>,
+    /// `error` events received, at most (all codes).
+    pub errors_max: Option<u64>,
+    /// Connections that failed to open, at most.
+    pub connect_failures_max: Option<u64>,
+}
+
+impl Thresholds {
+    /// The names a scenario may use, for error messages.
+    pub const NAMES: [&'static str; 9] = [
+        "deliveries_per_sec_min",
+        "latency_p50_ms_max",
+        "latency_p99_ms_max",
+        "latency_p999_ms_max",
+        "latency_max_ms_max",
+        "ack_p99_ms_max",
+        "unconfirmed_max",
+        "errors_max",
+        "connect_failures_max",
+    ];
 }
 
 /// How a connection ended.
