@@ -33,6 +33,9 @@ enum LogFormat {
 enum Command {
     /// Run the chat server.
     Serve(ServeArgs),
+    /// Generate load from a scenario against a running server, recording what every
+    /// simulated client saw.
+    Load(crate::load_cmd::LoadArgs),
 }
 
 /// Flags override environment variables, which override the config file, which
@@ -77,6 +80,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Load(args) => crate::load_cmd::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 //! run).
 
 mod cli;
+mod load_cmd;
 
 use std::process::ExitCode;
 

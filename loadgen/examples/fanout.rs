@@ -258,10 +258,11 @@ async fn client(
                             }
                         }
                         Frame::Text(p) if p.starts_with(br#"{"type":"joined""#) => joined = true,
-                        Frame::Text(p) if p.starts_with(br#"{"type":"error""#) => {
-                            if shared.errors.fetch_add(1, Relaxed) < 5 {
-                                eprintln!("client {k}: {}", String::from_utf8_lossy(p));
-                            }
+                        Frame::Text(p)
+                            if p.starts_with(br#"{"type":"error""#)
+                                && shared.errors.fetch_add(1, Relaxed) < 5 =>
+                        {
+                            eprintln!("client {k}: {}", String::from_utf8_lossy(p));
                         }
                         Frame::Ping(p) => wire::control_frame(&mut out, OP_PONG, p),
                         _ => {}
