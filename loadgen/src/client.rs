@@ -946,17 +946,47 @@ impl Client {
         End::Disconnected
     }
 
-    /// The run is over: record `Finished` while still connected, then close cleanly.
+    /// The run is over: record `Finished` while still connected, then close with a
+    /// proper handshake — send our close frame and read until the server's arrives —
+    /// so the server sees a clean close, not a reset caused by unread bytes.
     async fn finish_session(&mut self, s: &mut Session) -> End {
         self.finish_record();
         if s.silent_until.is_none() {
             s.send_control(OP_CLOSE, &1000u16.to_be_bytes(), &mut self.dice);
-            let deadline = Instant::now() + Duration::from_millis(500);
-            while s.wants_write() && Instant::now() < deadline {
+            let deadline = Instant::now() + CLOSE_WAIT;
+            'close: while Instant::now() < deadline {
                 if s.flush(&self.ctx.stats).is_err() {
                     break;
                 }
-                let _ = tokio::time::timeout_at(deadline, s.stream.writable()).await;
+                let ready = if s.wants_write() {
+                    tokio::time::timeout_at(deadline, s.stream.writable()).await
+                } else {
+                    tokio::time::timeout_at(deadline, s.stream.readable()).await
+                };
+                if !matches!(ready, Ok(Ok(()))) {
+                    break;
+                }
+                // Discard what still arrives (the client stopped observing) up to the
+                // server's close frame.
+                let mut buf = [0u8; READ_CHUNK];
+                match s.stream.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        s.rbuf.extend_from_slice(&buf[..n]);
+                        let mut pos = 0;
+                        loop {
+                            match s.dec.decode(&mut s.rbuf[pos..]) {
+                                Ok(Decoded::Frame(Frame::Close { .. }, _)) => break 'close,
+                                Ok(Decoded::Frame(_, n)) | Ok(Decoded::Fragment(n)) => pos += n,
+                                Ok(Decoded::NeedMore(_)) => break,
+                                Err(_) => break 'close,
+                            }
+                        }
+                        s.rbuf.drain(..pos);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
             }
         }
         self.record_closed(CloseCause::RunEnd, None);

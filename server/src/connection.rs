@@ -476,6 +476,7 @@ impl Connection {
         if self.last_heard.elapsed()
             > period * lockstep_protocol::limits::HEARTBEAT_MISSES_MAX as u32
         {
+            self.node.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
             return Err(Exit::Gone("no frame or pong for 3 heartbeats"));
         }
         if let Some(exp) = self.id.expires_at
@@ -505,6 +506,12 @@ impl Connection {
             }
             Exit::Io(e) => {
                 m.closes_gone.fetch_add(1, Relaxed);
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) {
+                    m.resets.fetch_add(1, Relaxed);
+                }
                 tracing::debug!(conn = self.outbox.conn, error = %e, "connection failed");
                 return;
             }

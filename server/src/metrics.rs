@@ -82,6 +82,8 @@ pub struct Metrics {
     closes: [AtomicU64; 8],
     pub closes_by_peer: AtomicU64,
     pub closes_gone: AtomicU64,
+    pub resets: AtomicU64,
+    pub heartbeat_timeouts: AtomicU64,
     pub commit_latency: Histogram,
     pub ack_latency: Histogram,
 }
@@ -118,6 +120,8 @@ impl Metrics {
             closes: Default::default(),
             closes_by_peer: AtomicU64::new(0),
             closes_gone: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            heartbeat_timeouts: AtomicU64::new(0),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
             ack_latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -281,6 +285,18 @@ impl Metrics {
             "lockstep_closes_gone_total",
             "Connections lost without a close (reset, EOF, heartbeat timeout).",
             &self.closes_gone,
+            "counter",
+        );
+        counter(
+            "lockstep_resets_total",
+            "Connections lost to a TCP reset (part of closes_gone).",
+            &self.resets,
+            "counter",
+        );
+        counter(
+            "lockstep_heartbeat_timeouts_total",
+            "Connections closed for 3 silent heartbeat periods (part of closes_gone).",
+            &self.heartbeat_timeouts,
             "counter",
         );
         let _ = writeln!(

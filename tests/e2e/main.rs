@@ -12,10 +12,13 @@
 //!   connection stays usable; abuse and oversized frames close it.
 //! - [`http`]: the HTTP endpoints.
 //! - [`session`]: welcome, application ping/pong, heartbeat, leave, graceful shutdown.
+//! - [`loadgen`]: the load generator's faults as the server saw them, resumes, scenario
+//!   errors.
 
 mod bad_input;
 mod crash;
 mod guarantees;
 mod http;
+mod loadgen;
 mod session;
 mod support;

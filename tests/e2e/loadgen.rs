@@ -1,0 +1,225 @@
+//! The load generator against a real server: faults it injects really happen (as the
+//! server saw them), clients that were reset resume to complete sequences, and bad
+//! scenario files are refused with file, line and key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+
+use lockstep_loadgen::run::{LoadOptions, LoadSummary, run};
+use lockstep_loadgen::scenario::Scenario;
+use lockstep_protocol::record::{BlockEvents, Event, FileReader};
+
+use crate::support::{TestServer, http_get, metric_value};
+
+const FAULTY: &str = r#"
+name = "faulty"
+seed = 5
+duration = "4s"
+quiet = "4s"
+[ramp]
+connect_rate = 200
+[reconnect]
+delay_min = "20ms"
+delay_max = "100ms"
+[[group]]
+name = "g"
+rooms = 4
+members = 10
+senders = 4
+rate = 10.0
+[[fault]]
+kind = "reset_peer"
+clients = 0.5
+every = "1s"
+[[fault]]
+kind = "timeout"
+clients = 0.2
+every = "3s"
+duration = "1500ms"
+[[fault]]
+kind = "close"
+clients = 0.3
+every = "2s"
+"#;
+
+async fn load(srv: &TestServer, text: &str, record: &Path) -> LoadSummary {
+    let scenario = Scenario::parse("test.toml", text).expect("valid scenario");
+    run(
+        scenario,
+        LoadOptions {
+            target: srv.url(),
+            record: Some(record.to_owned()),
+            live: None,
+            progress: false,
+            scenario_path: None,
+            workers: 2,
+            on_phase: None,
+            recorder_out: None,
+        },
+    )
+    .await
+    .expect("the load run completes")
+}
+
+async fn metrics(srv: &TestServer) -> String {
+    http_get(srv.addr(), "/metrics").await.text()
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    metric_value(text, name).unwrap_or_else(|| panic!("metric {name} missing")) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_are_seen_by_the_server() {
+    // Goal: resets, half-open clients and clean closes the load generator says it
+    // injected are the ones the server observed (its own counters), and every
+    // connection the clients made reached the server.
+    let mut srv = TestServer::start_with(|c| c.heartbeat_ms = 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(&srv, FAULTY, &dir.path().join("f.lsr")).await;
+    assert!(
+        s.faults.reset_peer > 5,
+        "too few resets to prove anything: {s:?}"
+    );
+    assert!(s.faults.timeout > 0, "no half-open client: {:?}", s.faults);
+    assert!(s.faults.close > 0, "no clean close: {:?}", s.faults);
+    assert_eq!(s.lost_events, 0);
+    let m = metrics(&srv).await;
+    // Every connection (clients' and the 4 final readers') reached the server.
+    assert_eq!(
+        metric(&m, "lockstep_connections_total"),
+        s.counts.connects + 4
+    );
+    // Each reset is a TCP reset the server read.
+    assert_eq!(
+        metric(&m, "lockstep_resets_total"),
+        s.faults.reset_peer,
+        "{m}"
+    );
+    // Each silent client was detected by the server's heartbeat, not by the client
+    // giving up first (silence 1.5 s > 3 × 200 ms).
+    assert_eq!(
+        metric(&m, "lockstep_heartbeat_timeouts_total"),
+        s.faults.timeout,
+        "{m}"
+    );
+    // Clean closes (plus the end of the run) are closes the server saw from the peer.
+    assert!(metric(&m, "lockstep_closes_by_peer_total") >= s.faults.close);
+    assert_eq!(
+        s.counts.reconnects,
+        s.faults.reset_peer + s.faults.timeout + s.faults.close
+    );
+    srv.shutdown().await;
+}
+
+/// Per client: (seqs delivered in order, across its connections), per room head.
+struct Observed {
+    delivered: BTreeMap<u32, Vec<u64>>,
+    resumes: u64,
+    heads: HashMap<String, u64>,
+    readers: Vec<u32>,
+}
+
+fn read_recording(path: &Path) -> Observed {
+    let f = std::fs::File::open(path).unwrap();
+    let mut r = FileReader::new(std::io::BufReader::new(f)).unwrap();
+    let mut o = Observed {
+        delivered: BTreeMap::new(),
+        resumes: 0,
+        heads: HashMap::new(),
+        readers: Vec::new(),
+    };
+    while let Some(block) = r.next_block().unwrap() {
+        for ev in BlockEvents::new(block) {
+            match ev.unwrap() {
+                Event::Client { client, user } if user.starts_with("reader-") => {
+                    o.readers.push(client)
+                }
+                Event::Message {
+                    client, seq, room, ..
+                } => {
+                    o.delivered.entry(client).or_default().push(seq);
+                    let h = o.heads.entry(room.to_owned()).or_default();
+                    *h = (*h).max(seq);
+                }
+                Event::JoinSent { since: Some(_), .. } => o.resumes += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(r.trailer().map(|t| t.lost), Some(0));
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reset_mid_stream_resume_to_complete_sequences() {
+    // Goal: a client that is reset (or goes half-open, or closes) and resumes with
+    // `since` ends with every seq of its room from its first delivery to the head, once
+    // each and in order — checked here straight from the recording.
+    let mut srv = TestServer::start_with(|c| c.heartbeat_ms = 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.lsr");
+    let s = load(&srv, FAULTY, &path).await;
+    assert!(s.counts.reconnects > 5, "{:?}", s.counts);
+    let o = read_recording(&path);
+    assert!(o.resumes > 5, "too few resumes: {}", o.resumes);
+    let mut checked = 0;
+    for (client, seqs) in &o.delivered {
+        if o.readers.contains(client) {
+            // A final reader reads 1..=head.
+            assert_eq!(seqs[0], 1, "reader {client}");
+        }
+        for w in seqs.windows(2) {
+            assert_eq!(
+                w[1],
+                w[0] + 1,
+                "client {client}: gap or duplicate in {seqs:?}"
+            );
+        }
+        checked += 1;
+    }
+    // Each client ended at its room's head (room of client k in this scenario: k / 10).
+    for (client, seqs) in &o.delivered {
+        if o.readers.contains(client) {
+            continue;
+        }
+        let room = format!("g-{}", client / 10);
+        assert_eq!(
+            *seqs.last().unwrap(),
+            o.heads[&room],
+            "client {client} did not reach the head of {room}"
+        );
+    }
+    assert!(checked >= 40);
+    srv.shutdown().await;
+}
+
+#[test]
+fn bad_scenario_files_are_refused_with_file_line_and_key() {
+    // Goal: `lockstep load` refuses a scenario with a misspelled threshold, naming the
+    // file, line and key, and exits 2 without connecting anywhere.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "name = \"x\"\nduration = \"1s\"\n[[group]]\nname = \"g\"\nrooms = 1\nmembers = 1\n[thresholds]\nlatency_p99_ms = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "load",
+            path.to_str().unwrap(),
+            "--target",
+            "ws://127.0.0.1:9/ws",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "{}:8:1: latency_p99_ms: unknown field `latency_p99_ms`",
+        path.display()
+    );
+    assert!(err.contains(&want), "stderr: {err}");
+}
