@@ -212,6 +212,10 @@ pub struct Client {
     pause_until: Option<Instant>,
     conn: u32,
     finished: bool,
+    /// Events encoded since the last hand-over to the recorder (one lock per batch).
+    logbuf: Log,
+    /// Messages received (all connections); added to the shared counter per batch.
+    delivered: u64,
 }
 
 impl Client {
@@ -242,7 +246,14 @@ impl Client {
             pause_until: None,
             conn: 0,
             finished: false,
+            logbuf: Log::default(),
+            delivered: 0,
         }
+    }
+
+    /// Hands buffered events to the recorder.
+    fn flush_log(&mut self) {
+        self.logbuf.flush(&self.ctx.recorder, self.plan.index);
     }
 
     /// Runs the client until the run is done.
@@ -276,6 +287,7 @@ impl Client {
             }
         }
         self.finish_record();
+        self.flush_log();
         let left = self.pending.len() as i64;
         self.ctx.stats.pending.fetch_sub(left, Relaxed);
     }
@@ -288,9 +300,7 @@ impl Client {
         if !self.finished {
             self.finished = true;
             let t_us = self.now_us();
-            self.ctx.recorder.record(
-                self.plan.index,
-                &Event::Finished {
+            self.logbuf.put(&Event::Finished {
                     t_us,
                     client: self.plan.index,
                 },
@@ -336,14 +346,13 @@ impl Client {
             Err(reason) => {
                 self.ctx.stats.connect_failures.fetch_add(1, Relaxed);
                 let t_us = self.now_us();
-                self.ctx.recorder.record(
-                    self.plan.index,
-                    &Event::ConnectFailed {
+                self.logbuf.put(&Event::ConnectFailed {
                         t_us,
                         client: self.plan.index,
                         reason: &reason,
                     },
                 );
+                self.flush_log();
                 return End::ConnectFailed;
             }
         };
@@ -351,9 +360,7 @@ impl Client {
         self.ctx.stats.connects.fetch_add(1, Relaxed);
         self.ctx.stats.connected.fetch_add(1, Relaxed);
         let t_us = self.now_us();
-        self.ctx.recorder.record(
-            self.plan.index,
-            &Event::Connected {
+        self.logbuf.put(&Event::Connected {
                 t_us,
                 client: self.plan.index,
                 conn: self.conn,
@@ -364,6 +371,7 @@ impl Client {
         }
         let mut s = Session::new(stream, leftover, &self.shaping);
         let end = self.drive(&mut s).await;
+        self.flush_log();
         self.ctx.stats.connected.fetch_sub(1, Relaxed);
         if s.joined {
             self.ctx.stats.joined.fetch_sub(1, Relaxed);
@@ -397,9 +405,7 @@ impl Client {
         json.push('}');
         s.send_text(json.as_bytes(), &mut self.dice);
         let t_us = self.now_us();
-        self.ctx.recorder.record(
-            self.plan.index,
-            &Event::JoinSent {
+        self.logbuf.put(&Event::JoinSent {
                 t_us,
                 client: self.plan.index,
                 conn: self.conn,
@@ -434,9 +440,7 @@ impl Client {
                 self.ctx.stats.late_sends.fetch_add(1, Relaxed);
             }
         }
-        self.ctx.recorder.record(
-            self.plan.index,
-            &Event::Send {
+        self.logbuf.put(&Event::Send {
                 t_us,
                 client: self.plan.index,
                 conn: self.conn,
@@ -494,9 +498,7 @@ impl Client {
 
     fn record_closed(&mut self, cause: CloseCause, code: Option<u16>) {
         let t_us = self.now_us();
-        self.ctx.recorder.record(
-            self.plan.index,
-            &Event::Closed {
+        self.logbuf.put(&Event::Closed {
                 t_us,
                 client: self.plan.index,
                 conn: self.conn,
@@ -506,11 +508,9 @@ impl Client {
         );
     }
 
-    fn record_fault(&self, kind: &str, detail: &str) {
+    fn record_fault(&mut self, kind: &str, detail: &str) {
         let t_us = self.now_us();
-        self.ctx.recorder.record(
-            self.plan.index,
-            &Event::Fault {
+        self.logbuf.put(&Event::Fault {
                 t_us,
                 client: self.plan.index,
                 kind,
@@ -545,7 +545,7 @@ impl Client {
                 }
             }
             self.pump(s);
-            if let Err(end) = s.flush(&self.ctx.stats) {
+            if let Err(end) = s.flush() {
                 return self.lost(s, end);
             }
             // The next moment something is due.
@@ -582,7 +582,7 @@ impl Client {
                     if r.is_err() {
                         return self.lost(s, SessionEnd::Lost);
                     }
-                    match s.read(&self.ctx.stats, &mut self.dice) {
+                    match s.read(&mut self.dice) {
                         Ok(()) => {}
                         Err(e) => return self.lost(s, e),
                     }
@@ -604,6 +604,7 @@ impl Client {
             if let Some(end) = self.due_actions(s).await {
                 return end;
             }
+            self.flush_log();
         }
     }
 
@@ -614,6 +615,9 @@ impl Client {
         let mut rbuf = std::mem::take(&mut s.rbuf);
         let mut dec = std::mem::replace(&mut s.dec, Decoder::new(Role::Client, 0));
         let mut pos = 0;
+        // Everything in one read arrived at once: one clock reading for the batch.
+        let t_us = self.now_us();
+        let delivered_before = self.delivered;
         let result = loop {
             match dec.decode(&mut rbuf[pos..]) {
                 Ok(Decoded::NeedMore(_)) => break None,
@@ -622,7 +626,7 @@ impl Client {
                     pos += n;
                     match frame {
                         Frame::Text(p) => {
-                            if let Some(end) = self.on_text(s, p) {
+                            if let Some(end) = self.on_text(s, p, t_us) {
                                 break Some(end);
                             }
                         }
@@ -639,7 +643,7 @@ impl Client {
                                 let payload =
                                     code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
                                 s.send_control(OP_CLOSE, &payload, &mut self.dice);
-                                let _ = s.flush(&self.ctx.stats);
+                                let _ = s.flush();
                                 self.record_closed(CloseCause::ServerClose, code);
                             } else {
                                 self.record_closed(CloseCause::ClientClose, code);
@@ -657,6 +661,10 @@ impl Client {
             }
         };
         rbuf.drain(..pos);
+        let delivered = self.delivered - delivered_before;
+        if delivered > 0 {
+            self.ctx.stats.delivered.fetch_add(delivered, Relaxed);
+        }
         // Bytes released by the latency line while we were busy belong after ours.
         rbuf.extend_from_slice(&s.rbuf);
         s.rbuf = rbuf;
@@ -669,8 +677,8 @@ impl Client {
         result
     }
 
-    /// Handles one server event.
-    fn on_text(&mut self, s: &mut Session, payload: &[u8]) -> Option<End> {
+    /// Handles one server event that arrived at `t_us`.
+    fn on_text(&mut self, s: &mut Session, payload: &[u8], t_us: u64) -> Option<End> {
         let ev = match parse::parse(payload) {
             Ok(ev) => ev,
             Err(e) => {
@@ -678,14 +686,10 @@ impl Client {
                 return None;
             }
         };
-        let t_us = self.now_us();
         let (client, conn) = (self.plan.index, self.conn);
-        let rec = &self.ctx.recorder;
         match ev.kind {
             Kind::Message => {
-                rec.record(
-                    client,
-                    &Event::Message {
+                self.logbuf.put(&Event::Message {
                         t_us,
                         client,
                         conn,
@@ -697,12 +701,12 @@ impl Client {
                         ts: ev.ts,
                     },
                 );
-                self.ctx.stats.delivered.fetch_add(1, Relaxed);
+                self.delivered += 1;
                 if let Some(i) = ev.intended_us {
                     self.ctx
                         .stats
                         .deliver_latency
-                        .record(client as usize, t_us.saturating_sub(i));
+                        .record(t_us.saturating_sub(i));
                 }
                 if *ev.room == *self.plan.room && ev.seq > self.held_last {
                     self.held_last = ev.seq;
@@ -710,9 +714,7 @@ impl Client {
             }
             Kind::Ack => {
                 let id = ev.id.as_deref().unwrap_or("");
-                rec.record(
-                    client,
-                    &Event::Ack {
+                self.logbuf.put(&Event::Ack {
                         t_us,
                         client,
                         conn,
@@ -733,13 +735,11 @@ impl Client {
                     self.ctx
                         .stats
                         .ack_latency
-                        .record(client as usize, t_us.saturating_sub(p.intended_us));
+                        .record(t_us.saturating_sub(p.intended_us));
                 }
             }
             Kind::Joined => {
-                rec.record(
-                    client,
-                    &Event::Joined {
+                self.logbuf.put(&Event::Joined {
                         t_us,
                         client,
                         conn,
@@ -770,9 +770,7 @@ impl Client {
             }
             Kind::Error => {
                 let code = ev.code.to_string();
-                rec.record(
-                    client,
-                    &Event::Error {
+                self.logbuf.put(&Event::Error {
                         t_us,
                         client,
                         conn,
@@ -806,9 +804,7 @@ impl Client {
                 }
             }
             Kind::Left => {
-                rec.record(
-                    client,
-                    &Event::Left {
+                self.logbuf.put(&Event::Left {
                         t_us,
                         client,
                         conn,
@@ -955,7 +951,7 @@ impl Client {
             s.send_control(OP_CLOSE, &1000u16.to_be_bytes(), &mut self.dice);
             let deadline = Instant::now() + CLOSE_WAIT;
             'close: while Instant::now() < deadline {
-                if s.flush(&self.ctx.stats).is_err() {
+                if s.flush().is_err() {
                     break;
                 }
                 let ready = if s.wants_write() {
@@ -991,6 +987,31 @@ impl Client {
         }
         self.record_closed(CloseCause::RunEnd, None);
         End::Finished
+    }
+}
+
+/// A client's recent events, encoded, waiting to go to the recorder.
+#[derive(Default)]
+struct Log {
+    buf: Vec<u8>,
+    events: u64,
+}
+
+impl Log {
+    fn put(&mut self, ev: &Event<'_>) {
+        lockstep_protocol::record::encode_event(&mut self.buf, ev);
+        self.events += 1;
+    }
+
+    fn flush(&mut self, recorder: &Recorder, client: u32) {
+        if self.events > 0 {
+            recorder.record_encoded(client, &self.buf, self.events);
+            self.buf.clear();
+            self.events = 0;
+            if self.buf.capacity() > 64 * 1024 {
+                self.buf = Vec::new();
+            }
+        }
     }
 }
 
@@ -1175,13 +1196,21 @@ impl Session {
     }
 
     /// Reads what the socket has, within the downstream bandwidth.
-    fn read(&mut self, stats: &Stats, dice: &mut Dice) -> Result<(), SessionEnd> {
+    fn read(&mut self, dice: &mut Dice) -> Result<(), SessionEnd> {
+        use bytes::BufMut as _;
         let allowed = self.down_tokens.available().min(READ_CHUNK);
         if allowed == 0 {
             return Ok(());
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        match self.stream.try_read(&mut chunk[..allowed]) {
+        // Straight into the read buffer, unless the bytes must first wait out a latency.
+        let mut delayed = Vec::new();
+        let target = if self.shaping.down_latency.is_some() {
+            &mut delayed
+        } else {
+            &mut self.rbuf
+        };
+        target.reserve(allowed);
+        match self.stream.try_read_buf(&mut target.limit(allowed)) {
             Ok(0) => {
                 self.peer_eof = true;
                 Ok(())
@@ -1192,15 +1221,11 @@ impl Session {
                 if self.shaping.down_limit.is_some_and(|l| self.bytes_in > l) {
                     return Err(SessionEnd::LimitData);
                 }
-                match self.shaping.down_latency {
-                    Some((lat, jit)) => {
-                        let at = Instant::now() + dice.latency(lat, jit);
-                        let at = self.down_line.back().map_or(at, |(prev, _)| at.max(*prev));
-                        self.down_line.push_back((at, chunk[..n].to_vec()));
-                    }
-                    None => self.rbuf.extend_from_slice(&chunk[..n]),
+                if let Some((lat, jit)) = self.shaping.down_latency {
+                    let at = Instant::now() + dice.latency(lat, jit);
+                    let at = self.down_line.back().map_or(at, |(prev, _)| at.max(*prev));
+                    self.down_line.push_back((at, delayed));
                 }
-                let _ = stats;
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
@@ -1209,8 +1234,7 @@ impl Session {
     }
 
     /// Writes what the socket takes, within bandwidth and slicing.
-    fn flush(&mut self, stats: &Stats) -> Result<(), SessionEnd> {
-        let _ = stats;
+    fn flush(&mut self) -> Result<(), SessionEnd> {
         if self.silent_until.is_some() || self.next_slice_at.is_some() {
             return Ok(());
         }

@@ -2,6 +2,7 @@
 //! come first; scenarios, faults and recording follow.)
 
 pub mod client;
+pub mod mitm;
 pub mod parse;
 pub mod reader;
 pub mod recorder;

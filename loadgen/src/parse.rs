@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use lockstep_protocol::record::text_hash;
+use lockstep_protocol::record::text_hash_bytes;
 
 use crate::schedule::intended_us_of;
 
@@ -62,6 +62,12 @@ pub struct ParseError {
     pub what: &'static str,
 }
 
+/// A string as found: plain bytes, or escaped from `start` (cursor at the backslash).
+enum Raw<'a> {
+    Plain(&'a [u8]),
+    Escaped(usize),
+}
+
 struct P<'a> {
     b: &'a [u8],
     i: usize,
@@ -96,26 +102,34 @@ impl<'a> P<'a> {
         }
     }
 
-    /// A string at the cursor (after its opening quote is checked here).
+    /// A string at the cursor, as UTF-8 text.
     fn string(&mut self) -> Result<Cow<'a, str>, ParseError> {
+        match self.raw_string()? {
+            Raw::Plain(b) => std::str::from_utf8(b)
+                .map(Cow::Borrowed)
+                .map_err(|_| self.err("string is not UTF-8")),
+            Raw::Escaped(start) => self.string_escaped(start),
+        }
+    }
+
+    /// A string at the cursor without UTF-8 validation when it has no escapes (keys and
+    /// texts that are only compared or hashed).
+    fn raw_string(&mut self) -> Result<Raw<'a>, ParseError> {
         self.ws();
         if self.peek() != Some(b'"') {
             return Err(self.err("expected a string"));
         }
         self.i += 1;
         let start = self.i;
-        loop {
-            match self.b.get(self.i) {
-                None => return Err(self.err("unterminated string")),
-                Some(b'"') => {
-                    let s = std::str::from_utf8(&self.b[start..self.i])
-                        .map_err(|_| self.err("string is not UTF-8"))?;
-                    self.i += 1;
-                    return Ok(Cow::Borrowed(s));
-                }
-                Some(b'\\') => return self.string_escaped(start),
-                Some(c) if *c < 0x20 => return Err(self.err("control character in string")),
-                Some(_) => self.i += 1,
+        match memchr::memchr2(b'"', b'\\', &self.b[self.i..]) {
+            None => Err(self.err("unterminated string")),
+            Some(n) if self.b[self.i + n] == b'"' => {
+                self.i += n + 1;
+                Ok(Raw::Plain(&self.b[start..start + n]))
+            }
+            Some(n) => {
+                self.i += n;
+                Ok(Raw::Escaped(start))
             }
         }
     }
@@ -230,14 +244,14 @@ impl<'a> P<'a> {
     fn skip(&mut self) -> Result<(), ParseError> {
         self.ws();
         match self.peek() {
-            Some(b'"') => self.string().map(|_| ()),
+            Some(b'"') => self.skip_string(),
             Some(b'{') | Some(b'[') => {
                 let mut depth = 0usize;
                 loop {
                     match self.peek() {
                         None => return Err(self.err("unterminated value")),
                         Some(b'"') => {
-                            self.string()?;
+                            self.skip_string()?;
                             continue;
                         }
                         Some(b'{') | Some(b'[') => depth += 1,
@@ -268,6 +282,13 @@ impl<'a> P<'a> {
                 }
             }
             None => Err(self.err("expected a value")),
+        }
+    }
+
+    fn skip_string(&mut self) -> Result<(), ParseError> {
+        match self.raw_string()? {
+            Raw::Plain(_) => Ok(()),
+            Raw::Escaped(start) => self.string_escaped(start).map(|_| ()),
         }
     }
 
@@ -309,13 +330,16 @@ pub fn parse(frame: &[u8]) -> Result<Event<'_>, ParseError> {
         return Ok(ev);
     }
     loop {
-        let key = p.string()?;
+        let key = match p.raw_string()? {
+            Raw::Plain(k) => Cow::Borrowed(k),
+            Raw::Escaped(start) => Cow::Owned(p.string_escaped(start)?.into_owned().into_bytes()),
+        };
         p.expect(b':', "expected ':'")?;
         match key.as_ref() {
-            "type" => ev.kind = kind_of(&p.string()?),
-            "room" => ev.room = p.string()?,
-            "seq" => ev.seq = p.u64()?,
-            "id" => {
+            b"type" => ev.kind = kind_of(&p.string()?),
+            b"room" => ev.room = p.string()?,
+            b"seq" => ev.seq = p.u64()?,
+            b"id" => {
                 p.ws();
                 if p.b[p.i..].starts_with(b"null") {
                     p.i += 4;
@@ -323,21 +347,26 @@ pub fn parse(frame: &[u8]) -> Result<Event<'_>, ParseError> {
                     ev.id = Some(p.string()?);
                 }
             }
-            "from" => ev.from = p.string()?,
-            "text" => {
-                let t = p.string()?;
-                ev.text_hash = text_hash(&t);
-                ev.intended_us = intended_us_of(t.as_bytes());
+            b"from" => ev.from = p.string()?,
+            b"text" => {
+                // Only hashed: plain bytes need no UTF-8 check (a server sending invalid
+                // UTF-8 produces a different hash, which the checker reports).
+                let bytes: Cow<'_, [u8]> = match p.raw_string()? {
+                    Raw::Plain(b) => Cow::Borrowed(b),
+                    Raw::Escaped(start) => Cow::Owned(p.string_escaped(start)?.into_owned().into_bytes()),
+                };
+                ev.text_hash = text_hash_bytes(&bytes);
+                ev.intended_us = intended_us_of(&bytes);
             }
-            "ts" => ev.ts = p.u64()?,
-            "epoch" => ev.epoch = p.string()?,
-            "head" => ev.head = p.u64()?,
-            "first" => ev.first = p.u64()?,
-            "reset" => ev.reset = p.bool()?,
-            "dup" => ev.dup = p.bool()?,
-            "code" => ev.code = p.string()?,
-            "retry_after_ms" => ev.retry_after_ms = p.opt_u64()?,
-            "heartbeat_ms" => ev.heartbeat_ms = p.u64()?,
+            b"ts" => ev.ts = p.u64()?,
+            b"epoch" => ev.epoch = p.string()?,
+            b"head" => ev.head = p.u64()?,
+            b"first" => ev.first = p.u64()?,
+            b"reset" => ev.reset = p.bool()?,
+            b"dup" => ev.dup = p.bool()?,
+            b"code" => ev.code = p.string()?,
+            b"retry_after_ms" => ev.retry_after_ms = p.opt_u64()?,
+            b"heartbeat_ms" => ev.heartbeat_ms = p.u64()?,
             _ => p.skip()?,
         }
         p.ws();
@@ -368,7 +397,7 @@ mod tests {
         assert_eq!(e.kind, Kind::Message);
         assert_eq!((e.room.as_ref(), e.seq, e.ts), ("r-1", 58, 1710600000123));
         assert_eq!(e.id.as_deref(), Some("c1-2"));
-        assert_eq!(e.text_hash, text_hash("t42;c1-2;xyz"));
+        assert_eq!(e.text_hash, lockstep_protocol::record::text_hash("t42;c1-2;xyz"));
         assert_eq!(e.intended_us, Some(42));
         assert!(matches!(e.room, Cow::Borrowed(_)));
     }
@@ -378,7 +407,7 @@ mod tests {
         let f = br#" { "ts" : 5 , "text":"a\"b\\n\u00e9\ud83d\ude00", "extra":{"x":[1,{"y":"}"}]}, "seq":3, "type":"message", "room":"r", "id":"i\/d", "from":"u" } "#;
         let e = parse(f).unwrap();
         assert_eq!(e.kind, Kind::Message);
-        assert_eq!(e.text_hash, text_hash("a\"b\\né😀"));
+        assert_eq!(e.text_hash, lockstep_protocol::record::text_hash("a\"b\\né😀"));
         assert_eq!(e.id.as_deref(), Some("i/d"));
         assert_eq!((e.seq, e.ts), (3, 5));
     }
@@ -409,7 +438,7 @@ mod tests {
             br#"{"seq":-1}"#,
             br#"{"a":"\q"}"#,
             br#"{"a":1}x"#,
-            b"{\"a\":\"\xff\"}",
+            b"{\"room\":\"\xff\"}",
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

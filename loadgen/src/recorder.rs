@@ -129,6 +129,22 @@ impl Recorder {
         }
     }
 
+    /// Records `events` events of client `client` already encoded in `raw` (a client
+    /// batches what one read brought, and takes the shard's lock once).
+    pub fn record_encoded(&self, client: u32, raw: &[u8], events: u64) {
+        if events == 0 {
+            return;
+        }
+        let mut shard = self.shards[client as usize % SHARDS].lock();
+        shard.events += events;
+        if shard.enc.push_encoded(raw) {
+            let raw = shard.enc.take();
+            let events = std::mem::take(&mut shard.events);
+            drop(shard);
+            self.ship(raw, events);
+        }
+    }
+
     /// Events recorded so far, and events lost.
     pub fn counts(&self) -> (u64, u64) {
         (self.events.load(Relaxed), self.lost.load(Relaxed))

@@ -544,6 +544,13 @@ impl Encoder {
         self.buf.len() >= BLOCK_BYTES
     }
 
+    /// Appends events already encoded with [`encode_event`]; returns true when the block
+    /// is full.
+    pub fn push_encoded(&mut self, raw: &[u8]) -> bool {
+        self.buf.extend_from_slice(raw);
+        self.buf.len() >= BLOCK_BYTES
+    }
+
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
@@ -1032,8 +1039,13 @@ impl<R: Read> FileReader<R> {
 
 /// 64-bit FNV-1a of a message text: how recordings compare texts without storing them.
 pub fn text_hash(text: &str) -> u64 {
+    text_hash_bytes(text.as_bytes())
+}
+
+/// [`text_hash`] of raw bytes.
+pub fn text_hash_bytes(text: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
+    for b in text {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
