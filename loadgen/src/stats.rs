@@ -22,14 +22,18 @@ const HIST_HIGH_US: u64 = 600_000_000;
 /// only the current thread's histogram (its mutex is never contended).
 pub struct Latency {
     id: usize,
-    registry: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>>,
+    registry: Mutex<Vec<Shared>>,
     outliers: AtomicU64,
 }
 
 static NEXT_LATENCY_ID: AtomicU64 = AtomicU64::new(0);
 
+/// A histogram one thread records into and a reader merges.
+type Shared = Arc<Mutex<Histogram<u64>>>;
+
 thread_local! {
-    static LOCAL: RefCell<Vec<(usize, Arc<Mutex<Histogram<u64>>>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's histogram of each `Latency` (by id).
+    static LOCAL: RefCell<Vec<(usize, Shared)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Default for Latency {

@@ -99,10 +99,21 @@ pub struct HistoryReq {
 }
 
 /// `ping`: an application-level ping; `t` is echoed in the `pong`.
+///
+/// `t` absent is `None`; `"t": null` is `Some(Value::Null)` and is echoed as `null`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PingReq {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub t: Option<Value>,
+}
+
+/// A field that is present is `Some`, even when it is JSON `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -331,10 +342,14 @@ impl ErrorEvent {
     }
 }
 
-/// `pong`: answer to `ping`, echoing `t`.
+/// `pong`: answer to `ping`, echoing `t` (absent when the ping had none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pong {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub t: Option<Value>,
 }
 

@@ -355,6 +355,12 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     p
 }
 
+/// Whether a close frame may carry `code` (RFC 6455 §7.4): the defined codes except the
+/// three reserved for local use only (1005, 1006, 1015), plus 3000-4999.
+pub fn close_code_is_valid(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
     use base64::Engine as _;
@@ -477,6 +483,16 @@ mod tests {
                 total
             )
         );
+    }
+
+    #[test]
+    fn close_codes() {
+        for ok in [1000, 1001, 1008, 1009, 1011, 1012, 3000, 4000, 4999] {
+            assert!(close_code_is_valid(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert!(!close_code_is_valid(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Config {
     pub ring_messages_max: usize,
     /// Byte bound of the same per-room ring.
     pub ring_bytes_max: usize,
+    /// Bound of all rooms' rings together. Above it, rings shrink to a sixteenth of
+    /// `ring_bytes_max` as they are written (more catch-ups read from storage).
+    pub ring_bytes_total_max: usize,
     /// Messages read from storage per catch-up page.
     pub catchup_page_messages: usize,
     /// Rooms held in memory. Idle rooms (no members) are evicted first; when every
@@ -150,6 +153,7 @@ impl Default for Config {
             write_buffer_bytes_max: 256 * 1024,
             ring_messages_max: 1024,
             ring_bytes_max: 512 * 1024,
+            ring_bytes_total_max: 256 * 1024 * 1024,
             catchup_page_messages: 256,
             rooms_loaded_max: 100_000,
             presence_events_members_max: 1000,
@@ -178,8 +182,11 @@ impl Config {
                 reason: reason.to_owned(),
             })
         };
-        if self.heartbeat_ms < 100 {
-            return err("heartbeat_ms", "must be at least 100");
+        if !(100..=86_400_000).contains(&self.heartbeat_ms) {
+            return err("heartbeat_ms", "must be in 100..=86400000 (1 day)");
+        }
+        if self.shutdown_grace_ms > 3_600_000 {
+            return err("shutdown_grace_ms", "must be at most 3600000 (1 hour)");
         }
         if self.max_text_bytes == 0 {
             return err("max_text_bytes", "must be positive");
@@ -202,12 +209,13 @@ impl Config {
                 "must be at least inflight_sends_per_connection_max",
             );
         }
-        if self.send_rate_per_sec.is_nan()
-            || self.event_rate_per_sec.is_nan()
-            || self.send_rate_per_sec <= 0.0
-            || self.event_rate_per_sec <= 0.0
-        {
-            return err("send_rate_per_sec", "rates must be positive");
+        for (field, rate) in [
+            ("send_rate_per_sec", self.send_rate_per_sec),
+            ("event_rate_per_sec", self.event_rate_per_sec),
+        ] {
+            if !(0.001..=1e12).contains(&rate) {
+                return err(field, "must be in 0.001..=1e12 per second");
+            }
         }
         if self.ring_messages_max == 0 || self.ring_bytes_max == 0 {
             return err("ring_messages_max", "ring bounds must be positive");

@@ -32,8 +32,9 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout
 
 use crate::auth::Identity;
 use crate::node::Node;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, room_key};
 use crate::ratelimit::{TokenBucket, WindowCounter};
+use crate::reads::Priority;
 use crate::room::{Copied, Room};
 
 /// Bytes read from the socket per wake-up before frames are handled, so one busy client
@@ -47,6 +48,8 @@ const WRITE_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 /// A write buffer this small is freed as soon as it has been written: cheap to make
 /// again, and it is what idle connections would otherwise hold.
 const WRITE_BUFFER_FREE_BELOW_BYTES: usize = 4 * 1024;
+/// Heartbeat checks per heartbeat period (see `serve`).
+const HEARTBEAT_TICKS_PER_PERIOD: u32 = 4;
 /// How long a closing connection may take to flush its last bytes and close frame.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -94,9 +97,13 @@ pub(crate) struct Connection {
     pub(crate) wbuf: Vec<u8>,
     wpos: usize,
     pub(crate) rooms: Vec<Joined>,
+    /// Read-mark fan-outs taken from the outbox (kept to reuse its allocation).
+    fanouts: Vec<crate::outbox::FanOut>,
     /// Which room `fill` starts with, rotated for fairness between busy rooms.
     next_room: usize,
     last_heard: Instant,
+    /// When the socket last took bytes from us (or had nothing to take).
+    last_written: Instant,
     pub(crate) bad_frames: WindowCounter,
     pub(crate) rate_refusals: WindowCounter,
     pub(crate) send_bucket: TokenBucket,
@@ -131,8 +138,10 @@ impl Connection {
             wbuf: Vec::new(),
             wpos: 0,
             rooms: Vec::new(),
+            fanouts: Vec::new(),
             next_room: 0,
             last_heard: now,
+            last_written: now,
             bad_frames: WindowCounter::new(minute, now.into_std()),
             rate_refusals: WindowCounter::new(minute, now.into_std()),
             send_bucket: TokenBucket::new(cfg.send_rate_per_sec, cfg.send_burst, now.into_std()),
@@ -168,21 +177,24 @@ impl Connection {
     }
 
     async fn serve(&mut self) -> Exit {
+        // The ticker runs at a quarter period: pings go out every 4th tick, and a silent
+        // connection is closed at most a quarter period after its 3 periods ran out.
         let heartbeat = Duration::from_millis(self.node.cfg.heartbeat_ms);
-        let mut ticker = interval_at(Instant::now() + heartbeat, heartbeat);
+        let tick = heartbeat / HEARTBEAT_TICKS_PER_PERIOD;
+        let mut ticker = interval_at(Instant::now() + tick, tick);
+        let mut ticks = 0u32;
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Created once: each `cancelled()` future registers with the token under a lock
         // shared by every connection, which is not something to do on every turn.
         let shutdown = self.node.shutdown.clone();
         let shutdown = shutdown.cancelled();
         tokio::pin!(shutdown);
-        let inflight_max = self.node.cfg.inflight_sends_per_connection_max;
         let write_max = self.node.cfg.write_buffer_bytes_max;
         loop {
             if let Some((code, reason)) = self.close_with.take() {
                 return Exit::Close(code, reason);
             }
-            if self.frames_waiting && self.outbox.inflight() < inflight_max {
+            if self.frames_waiting && self.input_open() {
                 if let Err(exit) = self.handle_frames().await {
                     return exit;
                 }
@@ -196,7 +208,7 @@ impl Connection {
                 return exit;
             }
             let unsent = self.wbuf.len() - self.wpos;
-            let can_read = !self.frames_waiting && self.outbox.inflight() < inflight_max;
+            let can_read = !self.frames_waiting && self.input_open();
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return Exit::Shutdown,
@@ -215,7 +227,9 @@ impl Connection {
                 }
                 _ = self.outbox.notified(), if unsent < write_max => {}
                 _ = ticker.tick() => {
-                    if let Err(exit) = self.heartbeat(heartbeat) {
+                    ticks = ticks.wrapping_add(1);
+                    let ping = ticks.is_multiple_of(HEARTBEAT_TICKS_PER_PERIOD);
+                    if let Err(exit) = self.heartbeat(heartbeat, ping) {
                         return exit;
                     }
                 }
@@ -252,16 +266,24 @@ impl Connection {
         Ok(())
     }
 
-    /// Decodes and handles complete frames in the read buffer, stopping at the in-flight
-    /// send limit (the rest wait in the buffer).
+    /// Whether the connection takes more input: below the in-flight send limit, and
+    /// with less than `write_buffer_bytes_max` unsent. A client that does not read its
+    /// answers (history pages, pongs, errors) stops being read: TCP back-pressure, not
+    /// server memory.
+    fn input_open(&self) -> bool {
+        self.outbox.inflight() < self.node.cfg.inflight_sends_per_connection_max
+            && self.wbuf.len() - self.wpos < self.node.cfg.write_buffer_bytes_max
+    }
+
+    /// Decodes and handles complete frames in the read buffer, stopping when input
+    /// closes (the rest wait in the buffer).
     async fn handle_frames(&mut self) -> Result<(), Exit> {
-        let inflight_max = self.node.cfg.inflight_sends_per_connection_max;
         self.frames_waiting = false;
         loop {
             if self.close_with.is_some() {
                 break;
             }
-            if self.outbox.inflight() >= inflight_max {
+            if !self.input_open() {
                 self.frames_waiting = true;
                 break;
             }
@@ -294,7 +316,7 @@ impl Connection {
                     Err(rej) => self.reject_frame(rej),
                 },
                 Inbound::Binary => self.reject_binary(),
-                Inbound::Ping(payload) => ws::append_frame(&mut self.wbuf, OP_PONG, &payload, None),
+                Inbound::Ping(payload) => self.on_ping(&payload),
                 Inbound::Pong => {}
                 Inbound::Close(code) => return Err(Exit::PeerClosed(code)),
             }
@@ -321,8 +343,21 @@ impl Connection {
     /// the loop comes back for the rest once the socket has taken what is buffered
     /// (nobody else will: the room published those messages long ago).
     async fn fill(&mut self) -> Result<(), Exit> {
-        self.outbox.drain_into(&mut self.wbuf);
         let max = self.node.cfg.write_buffer_bytes_max;
+        let rooms = &self.rooms;
+        let mut fanouts = std::mem::take(&mut self.fanouts);
+        self.outbox
+            .drain_into(&mut self.wbuf, self.wpos + max, &mut fanouts, |key| {
+                rooms.iter().any(|j| room_key(&j.room) == key)
+            });
+        for (room, frame, user) in fanouts.drain(..) {
+            room.broadcast_read(&frame, user);
+        }
+        self.fanouts = fanouts;
+        if !self.outbox.is_empty() {
+            // More waits than fits now; come back once the socket took this.
+            self.outbox.wake();
+        }
         let n = self.rooms.len();
         let mut delivered = 0u64;
         let mut result = Ok(());
@@ -382,9 +417,21 @@ impl Connection {
         let rows = self
             .node
             .reads
-            .run(move |r| r.messages_after(rid, after, upto, limit))
+            .run(Priority::Bulk, move |r| {
+                r.messages_after(rid, after, upto, limit)
+            })
             .await
             .map_err(|e| slow(format!("catching up from storage failed: {e}")))?;
+        if rows.first().is_none_or(|m| m.seq != after + 1) {
+            return Err(slow(format!(
+                "seq {} of room {} is no longer stored; resume with since",
+                after + 1,
+                room.name
+            )));
+        }
+        // Append up to the write budget; rows past it are read again next time.
+        let budget = self.wpos + self.node.cfg.write_buffer_bytes_max;
+        let mut last = after;
         for (k, m) in rows.iter().enumerate() {
             if m.seq != after + 1 + k as Seq {
                 return Err(slow(format!(
@@ -392,6 +439,9 @@ impl Connection {
                     after + 1 + k as Seq,
                     room.name
                 )));
+            }
+            if k > 0 && self.wbuf.len() >= budget {
+                break;
             }
             ws::append_frame_with(&mut self.wbuf, OP_TEXT, None, |b| {
                 encode_event_into(
@@ -406,19 +456,14 @@ impl Connection {
                     },
                 )
             });
+            last = m.seq;
         }
-        let Some(last) = rows.last() else {
-            return Err(slow(format!(
-                "seq {} of room {} is no longer stored; resume with since",
-                after + 1,
-                room.name
-            )));
-        };
-        self.rooms[i].cursor = last.seq;
+        let count = (last - after) as usize;
+        self.rooms[i].cursor = last;
         let m = &self.node.metrics;
         m.catchup_pages.fetch_add(1, Relaxed);
-        m.catchup_messages.fetch_add(rows.len() as u64, Relaxed);
-        Ok(rows.len())
+        m.catchup_messages.fetch_add(count as u64, Relaxed);
+        Ok(count)
     }
 
     /// Writes as much of the write buffer as the socket takes without blocking.
@@ -431,6 +476,9 @@ impl Connection {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => return Err(Exit::Io(e)),
             }
+        }
+        if self.wpos > start || self.wpos == self.wbuf.len() {
+            self.last_written = Instant::now();
         }
         if self.wpos > start {
             self.node
@@ -472,17 +520,30 @@ impl Connection {
         }
     }
 
-    fn heartbeat(&mut self, period: Duration) -> Result<(), Exit> {
-        if self.last_heard.elapsed()
-            > period * lockstep_protocol::limits::HEARTBEAT_MISSES_MAX as u32
-        {
-            self.node.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
-            return Err(Exit::Gone("no frame or pong for 3 heartbeats"));
+    fn heartbeat(&mut self, period: Duration, ping: bool) -> Result<(), Exit> {
+        let limit = period * lockstep_protocol::limits::HEARTBEAT_MISSES_MAX as u32;
+        if self.input_open() {
+            if self.last_heard.elapsed() > limit {
+                self.node.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
+                return Err(Exit::Gone("no frame or pong for 3 heartbeats"));
+            }
+        } else if self.wpos < self.wbuf.len() && self.last_written.elapsed() > limit {
+            // We stopped reading this client because it does not read what we send
+            // (its frames wait unread, so its silence is ours, not its). A client that
+            // takes none of our bytes for 3 periods cannot be caught up: close it, and
+            // it resumes with `since`.
+            return Err(Exit::Close(
+                close_code::SLOW_CONSUMER,
+                "took no data for 3 heartbeat periods; resume with since".into(),
+            ));
         }
         if let Some(exp) = self.id.expires_at
             && crate::clock::now_ms() / 1000 >= exp
         {
             return Err(Exit::Close(close_code::POLICY, "token expired".into()));
+        }
+        if !ping {
+            return Ok(());
         }
         // Idle connections hold no buffers.
         if self.rbuf.is_empty() {
@@ -517,9 +578,18 @@ impl Connection {
             }
             Exit::PeerClosed(code) => {
                 m.closes_by_peer.fetch_add(1, Relaxed);
-                // Echo the peer's code (RFC 6455 §5.5.1); no code, empty close.
+                // Echo the peer's code (RFC 6455 §5.5.1); no code, empty close; a code no
+                // endpoint may send (1005, 1006, 1015, unassigned) is a protocol error.
                 match code {
-                    Some(c) => ws::append_frame(&mut self.wbuf, OP_CLOSE, &c.to_be_bytes(), None),
+                    Some(c) if ws::close_code_is_valid(c) => {
+                        ws::append_frame(&mut self.wbuf, OP_CLOSE, &c.to_be_bytes(), None)
+                    }
+                    Some(_) => ws::append_frame(
+                        &mut self.wbuf,
+                        OP_CLOSE,
+                        &ws::close_payload(close_code::PROTOCOL_ERROR, "invalid close code"),
+                        None,
+                    ),
                     None => ws::append_frame(&mut self.wbuf, OP_CLOSE, b"", None),
                 }
                 self.flush_until(Instant::now() + CLOSE_FLUSH).await;
@@ -562,6 +632,27 @@ impl Connection {
                 _ = sleep_until(deadline) => return,
                 _ = self.outbox.notified() => {}
                 r = self.stream.writable(), if unsent > 0 => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// Answers a WebSocket ping, within the event rate: a client flooding pings is
+    /// refused like any other flood (and closed with 1008 past the limit).
+    fn on_ping(&mut self, payload: &[u8]) {
+        let now = std::time::Instant::now();
+        match self.event_bucket.take(now) {
+            Ok(()) => ws::append_frame(&mut self.wbuf, OP_PONG, payload, None),
+            Err(_) => {
+                self.node
+                    .metrics
+                    .error(lockstep_protocol::ErrorCode::RateLimited);
+                let max = self.node.cfg.rate_limited_per_minute_max;
+                if self.rate_refusals.hit(now) > max {
+                    self.close_with = Some((
+                        close_code::POLICY,
+                        format!("more than {max} rate-limited events in a minute"),
+                    ));
+                }
             }
         }
     }

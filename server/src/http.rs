@@ -28,6 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::auth::{Identity, RoomAccess, token_from};
 use crate::connection::Connection;
 use crate::node::Node;
+use crate::reads::Priority;
 
 /// The socket permit of the TCP connection a request arrived on; the WebSocket task takes
 /// it over at the upgrade so the connection keeps counting against `connections_max`.
@@ -341,7 +342,9 @@ async fn messages(
         Some(rid) if after < head => {
             match node
                 .reads
-                .run(move |r| r.messages_after(rid, after, head, limit as usize))
+                .run(Priority::Bulk, move |r| {
+                    r.messages_after(rid, after, head, limit as usize)
+                })
                 .await
             {
                 Ok(rows) => rows,
@@ -356,6 +359,8 @@ async fn messages(
         }
         _ => Vec::new(),
     };
+    let mut rows = rows;
+    crate::store::fit_reply(&mut rows, false);
     let messages = rows
         .into_iter()
         .map(|m| Message {
@@ -408,7 +413,12 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.sequencer.is_stopped() {
         return (StatusCode::SERVICE_UNAVAILABLE, "sequencer stopped\n").into_response();
     }
-    match tokio::time::timeout(Duration::from_secs(2), node.reads.run(|r| r.check())).await {
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        node.reads.run(Priority::Control, |r| r.check()),
+    )
+    .await
+    {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -2,8 +2,9 @@
 //!
 //! A room is loaded on first use (its epoch and stored range from storage) and stays
 //! while it has members; idle rooms are evicted by a periodic sweep, and immediately when
-//! the registry is at `rooms_loaded_max`. Loading is serialized so two joins of a cold
-//! room cannot create two `Room`s (which would fork its sequence).
+//! the registry is at `rooms_loaded_max`. Loading is serialized per room name, so two
+//! joins of a cold room cannot create two `Room`s (which would fork its sequence), while
+//! loads of different rooms run in parallel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use lockstep_protocol::{Epoch, RoomName};
 use parking_lot::Mutex;
 
 use crate::metrics::Metrics;
-use crate::reads::ReadPool;
+use crate::reads::{Priority, ReadPool};
 use crate::room::{RingLimits, Room};
 use crate::store::StoreError;
 
@@ -28,7 +29,8 @@ pub enum HubError {
 
 pub struct Hub {
     rooms: Mutex<HashMap<RoomName, Arc<Room>>>,
-    load: tokio::sync::Mutex<()>,
+    /// One lock per room being loaded right now (at most one entry per concurrent load).
+    loading: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
     reads: Arc<ReadPool>,
     limits: RingLimits,
     rooms_max: usize,
@@ -49,7 +51,7 @@ impl Hub {
     ) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
-            load: tokio::sync::Mutex::new(()),
+            loading: Mutex::new(HashMap::new()),
             reads,
             limits,
             rooms_max,
@@ -69,12 +71,27 @@ impl Hub {
         if let Some(r) = self.loaded(name) {
             return Ok(Some(r));
         }
-        let _one_at_a_time = self.load.lock().await;
+        let lock = self
+            .loading
+            .lock()
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let _one_at_a_time = lock.lock().await;
+        let result = self.load(name, create).await;
+        self.loading.lock().remove(name);
+        result
+    }
+
+    async fn load(&self, name: &RoomName, create: bool) -> Result<Option<Arc<Room>>, HubError> {
         if let Some(r) = self.loaded(name) {
             return Ok(Some(r));
         }
         let owned = name.clone();
-        let record = self.reads.run(move |r| r.load_room(&owned)).await?;
+        let record = self
+            .reads
+            .run(Priority::Control, move |r| r.load_room(&owned))
+            .await?;
         let room = match record {
             Some(rec) => Room::new(
                 name.clone(),
@@ -82,9 +99,9 @@ impl Hub {
                 Some(rec.rid),
                 rec.first,
                 rec.head,
-                self.limits,
+                self.limits.clone(),
             ),
-            None if create => Room::new(name.clone(), new_epoch(), None, 1, 0, self.limits),
+            None if create => Room::new(name.clone(), new_epoch(), None, 1, 0, self.limits.clone()),
             None => return Ok(None),
         };
         let room = Arc::new(room);
@@ -111,6 +128,19 @@ impl Hub {
         self.metrics.rooms_evicted.fetch_add(n as u64, Relaxed);
         self.metrics.rooms_loaded.store(rooms.len() as u64, Relaxed);
         n
+    }
+
+    /// Whether the room exists (in memory, or stored) — without loading it.
+    pub async fn exists(&self, name: &RoomName) -> Result<bool, StoreError> {
+        if self.loaded(name).is_some() {
+            return Ok(true);
+        }
+        let owned = name.clone();
+        let rec = self
+            .reads
+            .run(Priority::Control, move |r| r.load_room(&owned))
+            .await?;
+        Ok(rec.is_some())
     }
 
     pub fn loaded_count(&self) -> usize {

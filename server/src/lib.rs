@@ -47,7 +47,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::reads::ReadPool;
-use crate::room::RingLimits;
+use crate::room::{RingBudget, RingLimits};
 use crate::sequencer::Sequencer;
 use crate::store::{StoreError, StoreReader, sqlite};
 
@@ -96,6 +96,10 @@ fn prepare(cfg: Config, shutdown: CancellationToken) -> Result<Prepared, ServerE
         RingLimits {
             messages_max: cfg.ring_messages_max,
             bytes_max: cfg.ring_bytes_max,
+            budget: Arc::new(RingBudget {
+                used: std::sync::atomic::AtomicUsize::new(0),
+                max: cfg.ring_bytes_total_max,
+            }),
         },
         cfg.rooms_loaded_max,
         metrics.clone(),

@@ -2,12 +2,19 @@
 //!
 //! A connection's task owns its socket; nobody else writes to it. Room messages are not
 //! pushed here at all: the task pulls them from the room's ring by cursor (see
-//! `room.rs`). The outbox carries the rest: acks and errors from the sequencer, and
-//! typing / presence / read notifications from other members. It also carries the one
-//! wake-up signal for both, coalesced by the `pending` flag so that a burst of N
-//! broadcasts costs the connection one wake, not N.
+//! `room.rs`). The outbox carries the rest: acks and errors from the sequencer, typing /
+//! presence / read notifications from other members, and read-mark fan-outs for the
+//! connection to perform. It also carries the one wake-up signal for all of these,
+//! coalesced by the `pending` flag so that a burst of N broadcasts costs the connection
+//! one wake, not N.
+//!
+//! Bounds: acks and errors are bounded by the connection's in-flight send limit; typing
+//! and presence frames are dropped (and counted) beyond `frames_max`; a read
+//! notification replaces a pending one of the same user and room, so there is at most
+//! one per (room, user) — bounded by the room's members, and never dropped.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use bytes::Bytes;
@@ -15,21 +22,58 @@ use lockstep_protocol::UserName;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// Whether a frame may be dropped when the connection cannot keep up.
+use crate::room::Room;
+
+/// How a queued frame may be treated when the connection cannot keep up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Acks and errors. Never dropped; their number is bounded by the connection's
-    /// in-flight send limit, so the queue cannot grow without bound.
+    /// Acks and errors: never dropped.
     Essential,
-    /// Typing, presence and read notifications: dropped (and counted) once the queue
-    /// holds `outbox_frames_max` frames.
+    /// Typing and presence: dropped (and counted) once `frames_max` of them wait.
     Ephemeral,
+    /// Read notifications: never dropped; a newer one for the same (room, user)
+    /// replaces the waiting one.
+    Read,
+}
+
+/// The key of a room in queued items (its address; rooms are `Arc`s).
+pub fn room_key(room: &Arc<Room>) -> usize {
+    Arc::as_ptr(room) as usize
+}
+
+enum Item {
+    Frame {
+        frame: Bytes,
+        class: Class,
+        /// The room the frame is about (0: none); notifications of a room the
+        /// connection has left are discarded instead of sent.
+        room: usize,
+        /// For reads: which user's mark.
+        user: u64,
+    },
+    /// A stored read mark to broadcast to the room (done by the connection that sent
+    /// it, so the sequencer thread never iterates members).
+    FanOut {
+        room: Arc<Room>,
+        frame: Bytes,
+        user: u64,
+    },
+}
+
+/// A read mark the connection must broadcast: (room, frame, user key).
+pub type FanOut = (Arc<Room>, Bytes, u64);
+
+struct Queue {
+    items: VecDeque<Item>,
+    ephemeral: usize,
 }
 
 pub struct Outbox {
     pub user: UserName,
+    /// Hash of `user`, the key of its read notifications.
+    pub user_key: u64,
     pub conn: u64,
-    queue: Mutex<VecDeque<Bytes>>,
+    queue: Mutex<Queue>,
     queued: AtomicUsize,
     pending: AtomicBool,
     notify: Notify,
@@ -38,12 +82,23 @@ pub struct Outbox {
     frames_max: usize,
 }
 
+fn user_key(u: &UserName) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    u.hash(&mut h);
+    h.finish()
+}
+
 impl Outbox {
     pub fn new(user: UserName, conn: u64, frames_max: usize) -> Self {
         Self {
+            user_key: user_key(&user),
             user,
             conn,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                ephemeral: 0,
+            }),
             queued: AtomicUsize::new(0),
             pending: AtomicBool::new(false),
             notify: Notify::new(),
@@ -71,36 +126,114 @@ impl Outbox {
         self.notify.notified().await;
     }
 
-    /// Queues a frame and wakes the connection. Returns false if it was dropped.
-    pub fn push(&self, frame: Bytes, class: Class) -> bool {
+    fn enqueue(&self, item: impl FnOnce(&mut Queue) -> bool) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
         {
             let mut q = self.queue.lock();
-            if class == Class::Ephemeral && q.len() >= self.frames_max {
+            if !item(&mut q) {
                 return false;
             }
-            q.push_back(frame);
-            self.queued.store(q.len(), Ordering::Release);
+            self.queued.store(q.items.len(), Ordering::Release);
         }
         self.wake();
         true
     }
 
-    /// Moves every queued frame into `out`; returns how many.
-    pub fn drain_into(&self, out: &mut Vec<u8>) -> usize {
+    /// Queues a frame about `room` (0: none) and wakes the connection. Returns false if
+    /// it was dropped.
+    pub fn push(&self, frame: Bytes, class: Class, room: usize) -> bool {
+        self.enqueue(|q| {
+            if class == Class::Ephemeral {
+                if q.ephemeral >= self.frames_max {
+                    return false;
+                }
+                q.ephemeral += 1;
+            }
+            q.items.push_back(Item::Frame {
+                frame,
+                class,
+                room,
+                user: 0,
+            });
+            true
+        })
+    }
+
+    /// Queues a read notification of `user` in `room`, replacing one still waiting.
+    pub fn push_read(&self, frame: Bytes, room: usize, user: u64) {
+        self.enqueue(|q| {
+            for it in q.items.iter_mut() {
+                if let Item::Frame {
+                    frame: f,
+                    class: Class::Read,
+                    room: r,
+                    user: u,
+                } = it
+                    && *r == room
+                    && *u == user
+                {
+                    *f = frame;
+                    return true;
+                }
+            }
+            q.items.push_back(Item::Frame {
+                frame,
+                class: Class::Read,
+                room,
+                user,
+            });
+            true
+        });
+    }
+
+    /// Asks this connection to broadcast a stored read mark.
+    pub fn push_fanout(&self, room: Arc<Room>, frame: Bytes, user: u64) {
+        self.enqueue(|q| {
+            q.items.push_back(Item::FanOut { room, frame, user });
+            true
+        });
+    }
+
+    /// Moves queued frames into `out` until it holds `budget` bytes; fan-out requests go
+    /// to `fanouts`. Notifications about rooms `joined` says no to are discarded.
+    /// Returns how many frames were moved.
+    pub fn drain_into(
+        &self,
+        out: &mut Vec<u8>,
+        budget: usize,
+        fanouts: &mut Vec<FanOut>,
+        joined: impl Fn(usize) -> bool,
+    ) -> usize {
         if self.queued.load(Ordering::Acquire) == 0 {
             return 0;
         }
         let mut q = self.queue.lock();
-        let n = q.len();
-        for f in q.drain(..) {
-            out.extend_from_slice(&f);
+        let mut n = 0;
+        while out.len() < budget {
+            let Some(item) = q.items.pop_front() else {
+                break;
+            };
+            match item {
+                Item::Frame {
+                    frame, class, room, ..
+                } => {
+                    if class == Class::Ephemeral {
+                        q.ephemeral -= 1;
+                    }
+                    if class != Class::Essential && room != 0 && !joined(room) {
+                        continue;
+                    }
+                    out.extend_from_slice(&frame);
+                    n += 1;
+                }
+                Item::FanOut { room, frame, user } => fanouts.push((room, frame, user)),
+            }
         }
-        self.queued.store(0, Ordering::Release);
-        if q.capacity() > 64 {
-            q.shrink_to(16);
+        self.queued.store(q.items.len(), Ordering::Release);
+        if q.items.is_empty() && q.items.capacity() > 64 {
+            q.items.shrink_to(16);
         }
         n
     }
@@ -125,7 +258,9 @@ impl Outbox {
     /// The connection is gone; later pushes are discarded.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.queue.lock().clear();
+        let mut q = self.queue.lock();
+        q.items.clear();
+        q.ephemeral = 0;
         self.queued.store(0, Ordering::Release);
     }
 }
@@ -134,18 +269,45 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn drain(o: &Outbox, budget: usize, joined: impl Fn(usize) -> bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut f = Vec::new();
+        o.drain_into(&mut out, budget, &mut f, joined);
+        out
+    }
+
     #[test]
     fn ephemeral_frames_drop_at_the_limit_essential_do_not() {
         let o = Outbox::new(UserName::new("u").unwrap(), 1, 2);
-        assert!(o.push(Bytes::from_static(b"a"), Class::Ephemeral));
-        assert!(o.push(Bytes::from_static(b"b"), Class::Ephemeral));
-        assert!(!o.push(Bytes::from_static(b"c"), Class::Ephemeral));
-        assert!(o.push(Bytes::from_static(b"d"), Class::Essential));
-        let mut out = Vec::new();
-        assert_eq!(o.drain_into(&mut out), 3);
-        assert_eq!(out, b"abd");
+        assert!(o.push(Bytes::from_static(b"a"), Class::Ephemeral, 0));
+        assert!(o.push(Bytes::from_static(b"b"), Class::Ephemeral, 0));
+        assert!(!o.push(Bytes::from_static(b"c"), Class::Ephemeral, 0));
+        assert!(o.push(Bytes::from_static(b"d"), Class::Essential, 0));
+        assert_eq!(drain(&o, 1000, |_| true), b"abd");
         o.close();
-        assert!(!o.push(Bytes::from_static(b"e"), Class::Essential));
+        assert!(!o.push(Bytes::from_static(b"e"), Class::Essential, 0));
+    }
+
+    #[test]
+    fn reads_coalesce_per_room_and_user_and_are_never_dropped() {
+        let o = Outbox::new(UserName::new("u").unwrap(), 1, 1);
+        o.push_read(Bytes::from_static(b"r1"), 7, 1);
+        o.push_read(Bytes::from_static(b"s1"), 7, 2);
+        o.push_read(Bytes::from_static(b"r2"), 7, 1);
+        o.push_read(Bytes::from_static(b"x1"), 8, 1);
+        assert_eq!(drain(&o, 1000, |_| true), b"r2s1x1");
+    }
+
+    #[test]
+    fn drain_stops_at_the_budget_and_skips_left_rooms() {
+        let o = Outbox::new(UserName::new("u").unwrap(), 1, 8);
+        o.push(Bytes::from_static(b"aa"), Class::Ephemeral, 5);
+        o.push(Bytes::from_static(b"bb"), Class::Essential, 5);
+        o.push(Bytes::from_static(b"cc"), Class::Ephemeral, 6);
+        o.push(Bytes::from_static(b"dd"), Class::Ephemeral, 6);
+        // Room 5 was left: its ephemeral frame goes, its ack stays.
+        assert_eq!(drain(&o, 4, |r| r == 6), b"bbcc");
+        assert_eq!(drain(&o, 4, |r| r == 6), b"dd");
     }
 
     #[tokio::test]

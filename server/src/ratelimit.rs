@@ -36,12 +36,15 @@ impl TokenBucket {
     }
 }
 
-/// Counts events in fixed windows; says when a window's count passes a limit.
+/// Counts events over a sliding window (the usual two-bucket approximation: this
+/// window's count plus the previous window's, weighted by how much of it still
+/// overlaps), so a burst straddling a window boundary is still seen as one burst.
 #[derive(Debug, Clone)]
 pub struct WindowCounter {
     window: Duration,
     start: Instant,
     count: u32,
+    prev: u32,
 }
 
 impl WindowCounter {
@@ -50,17 +53,26 @@ impl WindowCounter {
             window,
             start: now,
             count: 0,
+            prev: 0,
         }
     }
 
-    /// Records one event; returns the count in the current window.
+    /// Records one event; returns the estimated count over the last window.
     pub fn hit(&mut self, now: Instant) -> u32 {
-        if now.saturating_duration_since(self.start) >= self.window {
-            self.start = now;
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed >= self.window * 2 {
+            self.prev = 0;
             self.count = 0;
+            self.start = now;
+        } else if elapsed >= self.window {
+            self.prev = self.count;
+            self.count = 0;
+            self.start += self.window;
         }
         self.count += 1;
-        self.count
+        let into =
+            now.saturating_duration_since(self.start).as_secs_f64() / self.window.as_secs_f64();
+        self.count + (f64::from(self.prev) * (1.0 - into).max(0.0)) as u32
     }
 }
 
@@ -88,12 +100,19 @@ mod tests {
     }
 
     #[test]
-    fn window_counter_resets() {
+    fn window_counter_slides() {
         let t0 = Instant::now();
-        let mut w = WindowCounter::new(Duration::from_secs(60), t0);
-        for i in 1..=5 {
-            assert_eq!(w.hit(t0), i);
+        let s = Duration::from_secs;
+        let mut w = WindowCounter::new(s(60), t0);
+        for i in 1..=100 {
+            assert_eq!(w.hit(t0 + s(59)), i);
         }
-        assert_eq!(w.hit(t0 + Duration::from_secs(61)), 1);
+        // Just after the boundary the previous burst still counts almost fully.
+        assert!(w.hit(t0 + s(61)) > 95);
+        // Half a window later, half of it.
+        let half = w.hit(t0 + s(90));
+        assert!((50..=53).contains(&half), "{half}");
+        // Two windows of silence forget everything.
+        assert_eq!(w.hit(t0 + s(300)), 1);
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use lockstep_protocol::{Epoch, RoomName, Seq, UserName};
@@ -52,10 +52,21 @@ struct Members {
 }
 
 /// Ring size limits, from the config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RingLimits {
     pub messages_max: usize,
     pub bytes_max: usize,
+    /// Shared by every room: when all rings together hold more than its maximum, rings
+    /// shrink to a sixteenth of `bytes_max` as they are next written (readers further
+    /// behind read from storage, as always).
+    pub budget: Arc<RingBudget>,
+}
+
+/// Bytes held by all rooms' rings.
+#[derive(Debug)]
+pub struct RingBudget {
+    pub used: AtomicUsize,
+    pub max: usize,
 }
 
 pub struct Room {
@@ -129,21 +140,36 @@ impl Room {
             return;
         };
         {
+            let budget = &self.limits.budget;
             let mut ring = self.ring.write();
+            let mut added = 0;
             for (seq, f) in frames {
                 debug_assert_eq!(seq, ring.first_seq + ring.frames.len() as Seq);
-                ring.bytes += f.len();
+                added += f.len();
                 ring.frames.push_back(f);
             }
+            ring.bytes += added;
+            let used = budget.used.fetch_add(added, Ordering::Relaxed) + added;
+            let cap = if used > budget.max {
+                self.limits.bytes_max / 16
+            } else {
+                self.limits.bytes_max
+            };
+            let mut removed = 0;
             while ring.frames.len() > self.limits.messages_max
-                || (ring.bytes > self.limits.bytes_max && ring.frames.len() > 1)
+                || (ring.bytes > cap && ring.frames.len() > 1)
             {
                 let f = ring.frames.pop_front().expect("non-empty");
                 ring.bytes -= f.len();
+                removed += f.len();
                 ring.first_seq += 1;
             }
+            budget.used.fetch_sub(removed, Ordering::Relaxed);
+            // Under the ring lock: no reader can take seq N from the ring while
+            // `head()` still says N-1 (a join or read mark would then see a head behind
+            // what some connection already delivered).
+            self.head.store(last, Ordering::Release);
         }
-        self.head.store(last, Ordering::Release);
         self.touch();
         self.wake_all();
     }
@@ -220,17 +246,32 @@ impl Room {
         }
     }
 
-    /// Queues an ephemeral frame to every member connection for which `to` says yes.
-    /// Returns how many were dropped for full outboxes.
+    /// This room's key in outbox items.
+    fn key(&self) -> usize {
+        self as *const Room as usize
+    }
+
+    /// Queues a notification frame about this room to every member connection for which
+    /// `to` says yes. Returns how many were dropped for full outboxes.
     pub fn broadcast(&self, frame: &Bytes, class: Class, to: impl Fn(&Outbox) -> bool) -> u64 {
+        let key = self.key();
         let m = self.members.lock();
         let mut dropped = 0;
         for (_, o) in m.conns.iter() {
-            if to(o) && !o.push(frame.clone(), class) {
+            if to(o) && !o.push(frame.clone(), class, key) {
                 dropped += 1;
             }
         }
         dropped
+    }
+
+    /// Queues `user`'s read notification to every member (replacing a waiting one).
+    pub fn broadcast_read(&self, frame: &Bytes, user: u64) {
+        let key = self.key();
+        let m = self.members.lock();
+        for (_, o) in m.conns.iter() {
+            o.push_read(frame.clone(), key, user);
+        }
     }
 
     /// Up to `max` distinct online users, `me` first, and how many there are in all.
@@ -276,6 +317,13 @@ impl Room {
     }
 }
 
+impl Drop for Room {
+    fn drop(&mut self) {
+        let bytes = self.ring.get_mut().bytes;
+        self.limits.budget.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +338,10 @@ mod tests {
             RingLimits {
                 messages_max,
                 bytes_max: 1 << 20,
+                budget: Arc::new(RingBudget {
+                    used: AtomicUsize::new(0),
+                    max: 1 << 30,
+                }),
             },
         )
     }
@@ -355,6 +407,51 @@ mod tests {
                 count: 1
             }
         );
+    }
+
+    #[test]
+    fn rings_shrink_when_all_rings_exceed_their_budget() {
+        let budget = Arc::new(RingBudget {
+            used: AtomicUsize::new(0),
+            max: 100,
+        });
+        let limits = RingLimits {
+            messages_max: 1000,
+            bytes_max: 16 * 10,
+            budget: budget.clone(),
+        };
+        let a = Room::new(
+            RoomName::new("a").unwrap(),
+            Epoch::new("e").unwrap(),
+            Some(1),
+            1,
+            0,
+            limits.clone(),
+        );
+        let b = Room::new(
+            RoomName::new("b").unwrap(),
+            Epoch::new("e").unwrap(),
+            Some(2),
+            1,
+            0,
+            limits,
+        );
+        let f = |range: std::ops::RangeInclusive<Seq>| {
+            range
+                .map(|s| (s, Bytes::from(vec![b'x'; 10])))
+                .collect::<Vec<_>>()
+        };
+        a.publish(f(1..=8));
+        assert_eq!(budget.used.load(Ordering::Relaxed), 80);
+        // b pushes the total over 100: b's ring is cut to 160 / 16 = 10 bytes.
+        b.publish(f(1..=5));
+        assert_eq!(budget.used.load(Ordering::Relaxed), 90);
+        assert_eq!(
+            b.copy_after(3, &mut Vec::new(), 100),
+            Copied::NeedStorage { upto: 4 }
+        );
+        drop(a);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 10);
     }
 
     #[test]

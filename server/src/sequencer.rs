@@ -148,6 +148,8 @@ enum After {
     ReadMark {
         room: Arc<Room>,
         frame: Bytes,
+        outbox: Arc<Outbox>,
+        user: UserName,
     },
 }
 
@@ -225,9 +227,13 @@ fn commit_batch(store: &mut dyn StoreWriter, batch: &mut [Op], metrics: &Metrics
                         dup,
                     });
                 }
-                Op::ReadMark { user, seq, .. } => {
+                Op::ReadMark {
+                    user, seq, outbox, ..
+                } => {
                     let stored = store.raise_read_mark(rid, user, *seq)?;
                     after.push(After::ReadMark {
+                        outbox: outbox.clone(),
+                        user: user.clone(),
                         room: rb.room.clone(),
                         frame: event_frame(&Read {
                             room: rb.room.name.clone(),
@@ -269,7 +275,13 @@ fn commit_batch(store: &mut dyn StoreWriter, batch: &mut [Op], metrics: &Metrics
         rb.room.publish(rb.frames);
     }
     metrics.messages_sequenced.fetch_add(sequenced, Relaxed);
-    for a in after {
+    let mut later_marks: HashMap<(usize, UserName), usize> = HashMap::new();
+    for (i, a) in after.iter().enumerate() {
+        if let After::ReadMark { room, user, .. } = a {
+            later_marks.insert((crate::outbox::room_key(room), user.clone()), i);
+        }
+    }
+    for (i, a) in after.into_iter().enumerate() {
         match a {
             After::Ack {
                 outbox,
@@ -280,16 +292,28 @@ fn commit_batch(store: &mut dyn StoreWriter, batch: &mut [Op], metrics: &Metrics
                 if dup {
                     metrics.sends_duplicate.fetch_add(1, Relaxed);
                 }
-                outbox.push(frame, Class::Essential);
+                outbox.push(frame, Class::Essential, 0);
                 outbox.inflight_done();
                 metrics
                     .ack_latency
                     .observe_us(read_at.elapsed().as_micros() as u64);
             }
-            After::ReadMark { room, frame } => {
+            After::ReadMark {
+                room,
+                frame,
+                outbox,
+                user,
+            } => {
+                // Only the last mark of a user in a room within this batch matters.
+                let superseded = later_marks
+                    .get(&(crate::outbox::room_key(&room), user.clone()))
+                    .is_some_and(|&last| last != i);
                 metrics.read_marks.fetch_add(1, Relaxed);
-                let dropped = room.broadcast(&frame, Class::Ephemeral, |_| true);
-                metrics.outbox_dropped.fetch_add(dropped, Relaxed);
+                if !superseded {
+                    // The member fan-out runs on the submitting connection's task, not
+                    // on this thread, which commits for every room.
+                    outbox.push_fanout(room, frame, outbox.user_key);
+                }
             }
         }
     }
@@ -315,7 +339,7 @@ fn fail_batch(batch: &mut [Op], err: &StoreError, metrics: &Metrics) {
             )
         };
         metrics.error(ErrorCode::Internal);
-        outbox.push(event_frame(&ev), Class::Essential);
+        outbox.push(event_frame(&ev), Class::Essential, 0);
         if is_send {
             outbox.inflight_done();
         }

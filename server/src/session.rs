@@ -17,6 +17,7 @@ use lockstep_protocol::{
 use crate::connection::{Connection, Exit, Joined as JoinedRoom};
 use crate::hub::HubError;
 use crate::outbox::Class;
+use crate::reads::Priority;
 use crate::resume::{JoinAsk, plan_join};
 use crate::room::Room;
 use crate::sequencer::Op;
@@ -56,8 +57,7 @@ impl Connection {
         }
     }
 
-    /// Queues an `error` event. Garbage (`bad_request`, `too_long`) counts toward the
-    /// bad-frame limit; past it the connection is closed with 1008.
+    /// Queues an `error` event.
     pub(crate) fn error(
         &mut self,
         code: ErrorCode,
@@ -65,18 +65,7 @@ impl Connection {
         id: Option<String>,
         room: Option<RoomName>,
     ) {
-        let m = &self.node.metrics;
-        m.error(code);
-        if matches!(code, ErrorCode::BadRequest | ErrorCode::TooLong) {
-            m.bad_frames
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if self.bad_frames.hit(Instant::now()) > BAD_FRAMES_PER_WINDOW_MAX {
-                self.close_with = Some((
-                    close_code::POLICY,
-                    format!("more than {BAD_FRAMES_PER_WINDOW_MAX} bad frames in a minute"),
-                ));
-            }
-        }
+        self.node.metrics.error(code);
         self.queue(&ErrorEvent {
             id,
             room,
@@ -84,13 +73,37 @@ impl Connection {
         });
     }
 
+    /// Answers a malformed frame (undecodable, binary, invalid value, text too long):
+    /// an `error` like any other, but it counts toward the bad-frame limit, past which
+    /// the connection is closed with 1008. Requests that are well formed but refused
+    /// for the state they find (a second join, a read mark past the head) do not count.
+    pub(crate) fn garbage(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        id: Option<String>,
+        room: Option<RoomName>,
+    ) {
+        self.node
+            .metrics
+            .bad_frames
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.bad_frames.hit(Instant::now()) > BAD_FRAMES_PER_WINDOW_MAX {
+            self.close_with = Some((
+                close_code::POLICY,
+                format!("more than {BAD_FRAMES_PER_WINDOW_MAX} bad frames in a minute"),
+            ));
+        }
+        self.error(code, message, id, room);
+    }
+
     pub(crate) fn reject_frame(&mut self, rej: Rejected) {
         let room = rej.room.and_then(|r| RoomName::new(r).ok());
-        self.error(ErrorCode::BadRequest, rej.error.to_string(), rej.id, room);
+        self.garbage(ErrorCode::BadRequest, rej.error.to_string(), rej.id, room);
     }
 
     pub(crate) fn reject_binary(&mut self) {
-        self.error(
+        self.garbage(
             ErrorCode::BadRequest,
             "binary frames are not accepted: send one JSON object per text frame",
             None,
@@ -128,14 +141,16 @@ impl Connection {
 
     /// `not_member` when the room exists, `unknown_room` when nobody ever used it.
     async fn not_joined(&mut self, room: &RoomName, what: &str, id: Option<String>) {
-        let code = match self.node.hub.open(room, false).await {
-            Ok(Some(_)) => ErrorCode::NotMember,
-            Ok(None) => ErrorCode::UnknownRoom,
-            Err(_) => ErrorCode::NotMember,
-        };
-        let msg = match code {
-            ErrorCode::UnknownRoom => format!("room {room} does not exist; join it to create it"),
-            _ => format!("join room {room} on this connection before {what}"),
+        let (code, msg) = match self.node.hub.exists(room).await {
+            Ok(true) => (
+                ErrorCode::NotMember,
+                format!("join room {room} on this connection before {what}"),
+            ),
+            Ok(false) => (
+                ErrorCode::UnknownRoom,
+                format!("room {room} does not exist; join it to create it"),
+            ),
+            Err(e) => (ErrorCode::Internal, format!("looking up room {room}: {e}")),
         };
         self.error(code, msg, id, Some(room.clone()));
     }
@@ -260,7 +275,7 @@ impl Connection {
         let max = self.node.cfg.max_text_bytes;
         if s.text.len() > max {
             let msg = format!("text is {} bytes; max_text_bytes is {max}", s.text.len());
-            self.error(
+            self.garbage(
                 ErrorCode::TooLong,
                 msg,
                 Some(s.id.as_str().to_owned()),
@@ -301,6 +316,11 @@ impl Connection {
             self.not_joined(&t.room, "typing in it", None).await;
             return Ok(());
         };
+        // Like presence: in very large rooms typing is not fanned out (it is ephemeral,
+        // and every keystroke reaching thousands of connections is not worth the bytes).
+        if self.rooms[i].room.user_count() > self.node.cfg.presence_events_members_max {
+            return Ok(());
+        }
         let frame = event_frame(&Typing {
             room: t.room,
             user: self.id.user.clone(),
@@ -355,7 +375,7 @@ impl Connection {
         let limit = h.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
         if limit == 0 || limit > HISTORY_LIMIT_MAX {
             let msg = format!("history limit must be 1..={HISTORY_LIMIT_MAX}, not {limit}");
-            self.error(ErrorCode::BadRequest, msg, None, Some(h.room));
+            self.garbage(ErrorCode::BadRequest, msg, None, Some(h.room));
             return Ok(());
         }
         let room = match self.node.hub.open(&h.room, false).await {
@@ -363,6 +383,11 @@ impl Connection {
             Ok(None) => {
                 let msg = format!("room {} does not exist", h.room);
                 self.error(ErrorCode::UnknownRoom, msg, None, Some(h.room));
+                return Ok(());
+            }
+            Err(HubError::Full(n)) => {
+                let msg = format!("{n} rooms are active on this server; retry later");
+                self.error(ErrorCode::Overloaded, msg, None, Some(h.room));
                 return Ok(());
             }
             Err(e) => {
@@ -378,7 +403,9 @@ impl Connection {
                 match self
                     .node
                     .reads
-                    .run(move |r| r.messages_before(rid, before, limit))
+                    .run(Priority::Bulk, move |r| {
+                        r.messages_before(rid, before, limit)
+                    })
                     .await
                 {
                     Ok(rows) => rows,
@@ -390,6 +417,8 @@ impl Connection {
             }
             None => Vec::new(),
         };
+        let mut rows = rows;
+        crate::store::fit_reply(&mut rows, true);
         let messages = rows
             .into_iter()
             .map(|m| Message {

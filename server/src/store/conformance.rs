@@ -169,6 +169,28 @@ fn epoch_is_kept<F: Factory>(f: &F) {
     r().check().unwrap();
 }
 
+#[test]
+fn history_replies_are_trimmed_to_their_byte_budget() {
+    let m = |seq: u64, len: usize| StoredMessage {
+        seq,
+        id: id(&format!("m{seq}")),
+        from: user("u"),
+        text: "x".repeat(len),
+        ts: 0,
+    };
+    let big = HISTORY_REPLY_BYTES_MAX / 3;
+    let mut rows: Vec<_> = (1..=5).map(|s| m(s, big)).collect();
+    fit_reply(&mut rows, true);
+    assert_eq!(rows.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
+    let mut rows: Vec<_> = (1..=5).map(|s| m(s, big)).collect();
+    fit_reply(&mut rows, false);
+    assert_eq!(rows.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    // One message is always kept, however large.
+    let mut rows = vec![m(9, HISTORY_REPLY_BYTES_MAX * 2)];
+    fit_reply(&mut rows, true);
+    assert_eq!(rows.len(), 1);
+}
+
 mod sqlite_engine {
     use super::*;
     use crate::config::SyncMode;

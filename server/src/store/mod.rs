@@ -43,6 +43,38 @@ pub struct StoredMessage {
     pub ts: u64,
 }
 
+/// The most message bytes one history answer (WebSocket `history` or HTTP page) carries.
+/// `limit` counts messages, and 500 messages of 4 KiB text can encode to 12 MiB; beyond
+/// this the answer holds fewer messages than asked (a client pages on from the last one
+/// it got, and `first`/`head` tell it whether more exist).
+pub const HISTORY_REPLY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Trims `rows` (ascending) to about [`HISTORY_REPLY_BYTES_MAX`], keeping at least one.
+/// `keep_newest` drops from the old end (a `before` page), else from the new end (an
+/// `after` page).
+pub fn fit_reply(rows: &mut Vec<StoredMessage>, keep_newest: bool) {
+    let cost = |m: &StoredMessage| m.text.len() + m.id.as_str().len() + m.from.as_str().len() + 96;
+    let mut total = 0;
+    let mut keep = 0;
+    let order: Box<dyn Iterator<Item = &StoredMessage>> = if keep_newest {
+        Box::new(rows.iter().rev())
+    } else {
+        Box::new(rows.iter())
+    };
+    for m in order {
+        total += cost(m);
+        if keep > 0 && total > HISTORY_REPLY_BYTES_MAX {
+            break;
+        }
+        keep += 1;
+    }
+    if keep_newest {
+        rows.drain(..rows.len() - keep);
+    } else {
+        rows.truncate(keep);
+    }
+}
+
 /// Result of inserting a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {

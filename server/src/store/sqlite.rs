@@ -251,10 +251,17 @@ impl StoreReader for SqliteReader {
         let Some((rid, epoch)) = row else {
             return Ok(None);
         };
-        let (min, max): (Option<i64>, Option<i64>) = self
+        // Two index seeks: `min(seq), max(seq)` in one query scans the room's rows.
+        let min: Option<i64> = self
             .conn
-            .prepare_cached("SELECT min(seq), max(seq) FROM messages WHERE rid = ?1")?
-            .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            .prepare_cached("SELECT seq FROM messages WHERE rid = ?1 ORDER BY seq ASC LIMIT 1")?
+            .query_row([rid], |r| r.get(0))
+            .optional()?;
+        let max: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM messages WHERE rid = ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row([rid], |r| r.get(0))
+            .optional()?;
         let epoch = Epoch::new(epoch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Some(RoomRecord {
             rid,
