@@ -320,8 +320,85 @@ fn kind_of(ty: &str) -> Kind {
     }
 }
 
+/// Reads `message` events laid out the way Lockstep's server writes them
+/// (`type, room, seq, id, from, text, ts`, no escapes in the names) in one straight pass;
+/// `None` means "not in that shape" and the general parser takes over, so other servers
+/// (or escaped strings) are still read correctly, only more slowly.
+fn fast_message(f: &[u8]) -> Option<Event<'_>> {
+    struct C<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+    impl<'a> C<'a> {
+        fn lit(&mut self, l: &[u8]) -> Option<()> {
+            if self.b.get(self.i..self.i + l.len())? == l {
+                self.i += l.len();
+                Some(())
+            } else {
+                None
+            }
+        }
+        /// Bytes up to the closing quote, which must not be preceded by an escape.
+        fn raw(&mut self) -> Option<&'a [u8]> {
+            let n = memchr::memchr2(b'"', b'\\', &self.b[self.i..])?;
+            if self.b[self.i + n] != b'"' {
+                return None;
+            }
+            let s = &self.b[self.i..self.i + n];
+            self.i += n + 1;
+            Some(s)
+        }
+        fn str(&mut self) -> Option<&'a str> {
+            std::str::from_utf8(self.raw()?).ok()
+        }
+        fn num(&mut self) -> Option<u64> {
+            let start = self.i;
+            let mut v: u64 = 0;
+            while let Some(&c) = self.b.get(self.i) {
+                if !c.is_ascii_digit() {
+                    break;
+                }
+                v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                self.i += 1;
+            }
+            (self.i > start).then_some(v)
+        }
+    }
+    let mut c = C { b: f, i: 0 };
+    c.lit(br#"{"type":"message","room":""#)?;
+    let room = c.str()?;
+    c.lit(br#","seq":"#)?;
+    let seq = c.num()?;
+    c.lit(br#","id":""#)?;
+    let id = c.str()?;
+    c.lit(br#","from":""#)?;
+    let from = c.str()?;
+    c.lit(br#","text":""#)?;
+    let text = c.raw()?;
+    c.lit(br#","ts":"#)?;
+    let ts = c.num()?;
+    c.lit(b"}")?;
+    if c.i != f.len() {
+        return None;
+    }
+    Some(Event {
+        kind: Kind::Message,
+        room: Cow::Borrowed(room),
+        seq,
+        id: Some(Cow::Borrowed(id)),
+        from: Cow::Borrowed(from),
+        text_hash: text_hash_bytes(text),
+        intended_us: intended_us_of(text),
+        ts,
+        ..Event::default()
+    })
+}
+
 /// Parses one server event.
 pub fn parse(frame: &[u8]) -> Result<Event<'_>, ParseError> {
+    if let Some(ev) = fast_message(frame) {
+        return Ok(ev);
+    }
     let mut p = P { b: frame, i: 0 };
     let mut ev = Event::default();
     p.expect(b'{', "expected an object")?;
@@ -353,7 +430,9 @@ pub fn parse(frame: &[u8]) -> Result<Event<'_>, ParseError> {
                 // UTF-8 produces a different hash, which the checker reports).
                 let bytes: Cow<'_, [u8]> = match p.raw_string()? {
                     Raw::Plain(b) => Cow::Borrowed(b),
-                    Raw::Escaped(start) => Cow::Owned(p.string_escaped(start)?.into_owned().into_bytes()),
+                    Raw::Escaped(start) => {
+                        Cow::Owned(p.string_escaped(start)?.into_owned().into_bytes())
+                    }
                 };
                 ev.text_hash = text_hash_bytes(&bytes);
                 ev.intended_us = intended_us_of(&bytes);
@@ -397,7 +476,10 @@ mod tests {
         assert_eq!(e.kind, Kind::Message);
         assert_eq!((e.room.as_ref(), e.seq, e.ts), ("r-1", 58, 1710600000123));
         assert_eq!(e.id.as_deref(), Some("c1-2"));
-        assert_eq!(e.text_hash, lockstep_protocol::record::text_hash("t42;c1-2;xyz"));
+        assert_eq!(
+            e.text_hash,
+            lockstep_protocol::record::text_hash("t42;c1-2;xyz")
+        );
         assert_eq!(e.intended_us, Some(42));
         assert!(matches!(e.room, Cow::Borrowed(_)));
     }
@@ -407,7 +489,10 @@ mod tests {
         let f = br#" { "ts" : 5 , "text":"a\"b\\n\u00e9\ud83d\ude00", "extra":{"x":[1,{"y":"}"}]}, "seq":3, "type":"message", "room":"r", "id":"i\/d", "from":"u" } "#;
         let e = parse(f).unwrap();
         assert_eq!(e.kind, Kind::Message);
-        assert_eq!(e.text_hash, lockstep_protocol::record::text_hash("a\"b\\né😀"));
+        assert_eq!(
+            e.text_hash,
+            lockstep_protocol::record::text_hash("a\"b\\né😀")
+        );
         assert_eq!(e.id.as_deref(), Some("i/d"));
         assert_eq!((e.seq, e.ts), (3, 5));
     }
@@ -425,6 +510,24 @@ mod tests {
         assert_eq!(
             (e.kind, e.code.as_ref(), e.retry_after_ms),
             (Kind::Error, "rate_limited", Some(250))
+        );
+    }
+
+    #[test]
+    fn fast_and_general_paths_agree() {
+        let f = br#"{"type":"message","room":"r-1","seq":58,"id":"c1-2","from":"u1","text":"t42;c1-2;xyz","ts":1710600000123}"#;
+        let fast = fast_message(f).expect("canonical layout takes the fast path");
+        let mut spaced = f.to_vec();
+        spaced.insert(1, b' ');
+        assert!(fast_message(&spaced).is_none());
+        assert_eq!(parse(&spaced).unwrap(), fast);
+        // An escaped text leaves the fast path and still reads the same.
+        let esc =
+            br#"{"type":"message","room":"r","seq":1,"id":"i","from":"u","text":"a\nb","ts":2}"#;
+        assert!(fast_message(esc).is_none());
+        assert_eq!(
+            parse(esc).unwrap().text_hash,
+            lockstep_protocol::record::text_hash("a\nb")
         );
     }
 
