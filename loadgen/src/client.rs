@@ -42,6 +42,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const RETRY_PAUSE_DEFAULT: Duration = Duration::from_millis(250);
 /// Bytes read per wake-up.
 const READ_CHUNK: usize = 64 * 1024;
+/// A bandwidth-limited (slow) reader reads once it may take this many bytes, rather than
+/// a few bytes at a time.
+const SLOW_READ_BYTES_MIN: usize = 1024;
 
 /// Phases of a run, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -301,10 +304,9 @@ impl Client {
             self.finished = true;
             let t_us = self.now_us();
             self.logbuf.put(&Event::Finished {
-                    t_us,
-                    client: self.plan.index,
-                },
-            );
+                t_us,
+                client: self.plan.index,
+            });
         }
     }
 
@@ -347,11 +349,10 @@ impl Client {
                 self.ctx.stats.connect_failures.fetch_add(1, Relaxed);
                 let t_us = self.now_us();
                 self.logbuf.put(&Event::ConnectFailed {
-                        t_us,
-                        client: self.plan.index,
-                        reason: &reason,
-                    },
-                );
+                    t_us,
+                    client: self.plan.index,
+                    reason: &reason,
+                });
                 self.flush_log();
                 return End::ConnectFailed;
             }
@@ -361,11 +362,10 @@ impl Client {
         self.ctx.stats.connected.fetch_add(1, Relaxed);
         let t_us = self.now_us();
         self.logbuf.put(&Event::Connected {
-                t_us,
-                client: self.plan.index,
-                conn: self.conn,
-            },
-        );
+            t_us,
+            client: self.plan.index,
+            conn: self.conn,
+        });
         for p in &mut self.pending {
             p.in_flight = false;
         }
@@ -406,15 +406,14 @@ impl Client {
         s.send_text(json.as_bytes(), &mut self.dice);
         let t_us = self.now_us();
         self.logbuf.put(&Event::JoinSent {
-                t_us,
-                client: self.plan.index,
-                conn: self.conn,
-                room,
-                since,
-                epoch: epoch.as_deref(),
-                history,
-            },
-        );
+            t_us,
+            client: self.plan.index,
+            conn: self.conn,
+            room,
+            since,
+            epoch: epoch.as_deref(),
+            history,
+        });
     }
 
     /// Writes a pending send (first attempt or retry) and records it.
@@ -441,15 +440,14 @@ impl Client {
             }
         }
         self.logbuf.put(&Event::Send {
-                t_us,
-                client: self.plan.index,
-                conn: self.conn,
-                room,
-                id: &id,
-                text_hash: th,
-                intended_us: intended,
-            },
-        );
+            t_us,
+            client: self.plan.index,
+            conn: self.conn,
+            room,
+            id: &id,
+            text_hash: th,
+            intended_us: intended,
+        });
     }
 
     /// Sends what can be sent now: pending messages not in flight, in order.
@@ -499,24 +497,22 @@ impl Client {
     fn record_closed(&mut self, cause: CloseCause, code: Option<u16>) {
         let t_us = self.now_us();
         self.logbuf.put(&Event::Closed {
-                t_us,
-                client: self.plan.index,
-                conn: self.conn,
-                cause,
-                code,
-            },
-        );
+            t_us,
+            client: self.plan.index,
+            conn: self.conn,
+            cause,
+            code,
+        });
     }
 
     fn record_fault(&mut self, kind: &str, detail: &str) {
         let t_us = self.now_us();
         self.logbuf.put(&Event::Fault {
-                t_us,
-                client: self.plan.index,
-                kind,
-                detail,
-            },
-        );
+            t_us,
+            client: self.plan.index,
+            kind,
+            detail,
+        });
     }
 
     /// The session loop: one connection from handshake to end.
@@ -690,17 +686,16 @@ impl Client {
         match ev.kind {
             Kind::Message => {
                 self.logbuf.put(&Event::Message {
-                        t_us,
-                        client,
-                        conn,
-                        room: &ev.room,
-                        seq: ev.seq,
-                        id: ev.id.as_deref().unwrap_or(""),
-                        from: &ev.from,
-                        text_hash: ev.text_hash,
-                        ts: ev.ts,
-                    },
-                );
+                    t_us,
+                    client,
+                    conn,
+                    room: &ev.room,
+                    seq: ev.seq,
+                    id: ev.id.as_deref().unwrap_or(""),
+                    from: &ev.from,
+                    text_hash: ev.text_hash,
+                    ts: ev.ts,
+                });
                 self.delivered += 1;
                 if let Some(i) = ev.intended_us {
                     self.ctx
@@ -715,16 +710,15 @@ impl Client {
             Kind::Ack => {
                 let id = ev.id.as_deref().unwrap_or("");
                 self.logbuf.put(&Event::Ack {
-                        t_us,
-                        client,
-                        conn,
-                        room: &ev.room,
-                        id,
-                        seq: ev.seq,
-                        ts: ev.ts,
-                        dup: ev.dup,
-                    },
-                );
+                    t_us,
+                    client,
+                    conn,
+                    room: &ev.room,
+                    id,
+                    seq: ev.seq,
+                    ts: ev.ts,
+                    dup: ev.dup,
+                });
                 self.ctx.stats.acked.fetch_add(1, Relaxed);
                 if ev.dup {
                     self.ctx.stats.dup_acks.fetch_add(1, Relaxed);
@@ -740,16 +734,15 @@ impl Client {
             }
             Kind::Joined => {
                 self.logbuf.put(&Event::Joined {
-                        t_us,
-                        client,
-                        conn,
-                        room: &ev.room,
-                        epoch: &ev.epoch,
-                        head: ev.head,
-                        first: ev.first,
-                        reset: ev.reset,
-                    },
-                );
+                    t_us,
+                    client,
+                    conn,
+                    room: &ev.room,
+                    epoch: &ev.epoch,
+                    head: ev.head,
+                    first: ev.first,
+                    reset: ev.reset,
+                });
                 if *ev.room == *self.plan.room {
                     let epoch_changed = self.held_epoch.as_deref() != Some(&*ev.epoch);
                     if ev.reset || (epoch_changed && self.held_epoch.is_some()) {
@@ -771,14 +764,13 @@ impl Client {
             Kind::Error => {
                 let code = ev.code.to_string();
                 self.logbuf.put(&Event::Error {
-                        t_us,
-                        client,
-                        conn,
-                        code: &code,
-                        id: ev.id.as_deref(),
-                        room: (!ev.room.is_empty()).then_some(&*ev.room),
-                    },
-                );
+                    t_us,
+                    client,
+                    conn,
+                    code: &code,
+                    id: ev.id.as_deref(),
+                    room: (!ev.room.is_empty()).then_some(&*ev.room),
+                });
                 self.ctx.stats.error(&code);
                 let pause = ev.retry_after_ms.map(Duration::from_millis);
                 if let Some(id) = ev.id.as_deref()
@@ -805,12 +797,11 @@ impl Client {
             }
             Kind::Left => {
                 self.logbuf.put(&Event::Left {
-                        t_us,
-                        client,
-                        conn,
-                        room: &ev.room,
-                    },
-                );
+                    t_us,
+                    client,
+                    conn,
+                    room: &ev.room,
+                });
             }
             _ => {}
         }
@@ -1141,20 +1132,21 @@ impl Session {
         }
     }
 
-    fn can_read(&self) -> bool {
+    fn can_read(&mut self) -> bool {
         self.silent_until.is_none()
             && !self.peer_eof
-            && (self.shaping.down_bytes_per_sec.is_none()
-                || self.down_tokens.tokens >= 1.0
-                || self.down_tokens.ready_at(1).is_none())
+            && self.down_tokens.available() >= SLOW_READ_BYTES_MIN
     }
 
     fn wants_write(&self) -> bool {
         self.silent_until.is_none() && self.wpos < self.wbuf.len() && self.next_slice_at.is_none()
     }
 
-    /// The earliest moment shaping needs attention.
-    fn next_wake(&self) -> Option<Instant> {
+    /// The earliest moment shaping needs attention (bandwidth buckets are brought up
+    /// to date first, so a wake-up is never scheduled in the past).
+    fn next_wake(&mut self) -> Option<Instant> {
+        let _ = self.up_tokens.available();
+        let _ = self.down_tokens.available();
         let mut t: Option<Instant> = None;
         let mut consider = |x: Option<Instant>| {
             if let Some(x) = x {
@@ -1167,8 +1159,8 @@ impl Session {
         if self.wpos < self.wbuf.len() {
             consider(self.up_tokens.ready_at(1));
         }
-        if self.shaping.down_bytes_per_sec.is_some() {
-            consider(self.down_tokens.ready_at(1));
+        if self.silent_until.is_none() {
+            consider(self.down_tokens.ready_at(SLOW_READ_BYTES_MIN));
         }
         t
     }

@@ -195,6 +195,83 @@ async fn clients_reset_mid_stream_resume_to_complete_sequences() {
     srv.shutdown().await;
 }
 
+const SHAPED: &str = r#"
+name = "shaped"
+seed = 9
+duration = "4s"
+quiet = "6s"
+[ramp]
+connect_rate = 200
+[reconnect]
+delay_min = "20ms"
+delay_max = "100ms"
+[[group]]
+name = "g"
+rooms = 2
+members = 10
+senders = 3
+rate = 20.0
+text_bytes = [100, 400]
+[[fault]]
+kind = "latency"
+direction = "both"
+clients = 0.3
+latency = "30ms"
+jitter = "20ms"
+[[fault]]
+kind = "bandwidth"
+direction = "downstream"
+clients = 0.2
+rate_kbps = 32
+[[fault]]
+kind = "slicer"
+direction = "upstream"
+clients = 0.3
+average_size = 7
+size_variation = 5
+delay = "1ms"
+[[fault]]
+kind = "limit_data"
+direction = "downstream"
+clients = 0.2
+bytes = 20000
+[[fault]]
+kind = "slow_close"
+clients = 0.3
+every = "2s"
+delay = "300ms"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shaping_faults_keep_every_sequence_complete() {
+    // Goal: with latency and jitter both ways, slow readers (downstream bandwidth),
+    // client frames sliced into tiny writes, connections cut after a byte budget and slow
+    // closes, every client still ends with a gap-free sequence up to its room's head —
+    // and the byte-limit and slow-close faults really happened.
+    let mut srv = TestServer::start_with(|c| c.heartbeat_ms = 1000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.lsr");
+    let s = load(&srv, SHAPED, &path).await;
+    assert!(s.faults.limit_data > 0, "{:?}", s.faults);
+    assert!(s.faults.slow_close > 0, "{:?}", s.faults);
+    assert_eq!(s.counts.unacked_at_end, 0, "{:?}", s.counts);
+    let o = read_recording(&path);
+    for (client, seqs) in &o.delivered {
+        for w in seqs.windows(2) {
+            assert_eq!(
+                w[1],
+                w[0] + 1,
+                "client {client}: gap or duplicate in {seqs:?}"
+            );
+        }
+        if !o.readers.contains(client) {
+            let room = format!("g-{}", client / 10);
+            assert_eq!(*seqs.last().unwrap(), o.heads[&room], "client {client}");
+        }
+    }
+    srv.shutdown().await;
+}
+
 #[test]
 fn bad_scenario_files_are_refused_with_file_line_and_key() {
     // Goal: `lockstep load` refuses a scenario with a misspelled threshold, naming the
