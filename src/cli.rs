@@ -36,6 +36,8 @@ enum Command {
     /// Generate load from a scenario against a running server, recording what every
     /// simulated client saw.
     Load(crate::load_cmd::LoadArgs),
+    /// Check a recording against the protocol's guarantees.
+    Check(crate::check_cmd::CheckArgs),
 }
 
 /// Flags override environment variables, which override the config file, which
@@ -80,6 +82,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Check(args) => crate::check_cmd::run(args),
         Command::Load(args) => crate::load_cmd::run(args),
     }
 }

@@ -2,6 +2,7 @@
 //! and maps outcomes to exit codes (0 ok, 1 anomalies or failed thresholds, 2 could not
 //! run).
 
+mod check_cmd;
 mod cli;
 mod load_cmd;
 

@@ -8,7 +8,7 @@
 //! Server frames are forwarded unchanged except the `message` frames the configured bug
 //! picks: it drops, duplicates, swaps or corrupts one in N (corrupted text stays valid
 //! JSON in a correctly re-framed text frame), or — `skip_replay` — drops the replay after
-//! a `join` with `since` (the messages with seq ≤ the `head` of the `joined` answer).
+//! a `join` with `since` > 0 (the messages with seq ≤ the `head` of the `joined` answer).
 //!
 //! Exactly one kind of bug per proxy; [`Mitm::injected`] counts how often it struck.
 
@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockstep_protocol::ws::{self, Decoded, Decoder, Frame, Role};
-use lockstep_protocol::{ClientEvent, ServerEvent, decode_client, decode_server, encode_event_into};
+use lockstep_protocol::{
+    ClientEvent, ServerEvent, decode_client, decode_server, encode_event_into,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,7 +53,8 @@ pub enum Bug {
     Reorder { every: u64 },
     /// Change the text of every N-th message frame.
     Corrupt { every: u64 },
-    /// After a `join` with `since`, drop the replayed messages of that room.
+    /// After a `join` with `since` > 0 (a resume), drop the replayed messages of that
+    /// room. `since: 0` is left alone: it resumes nothing.
     SkipReplay,
 }
 
@@ -152,7 +155,12 @@ impl Drop for Mitm {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, bug: Bug, injected: Arc<AtomicU64>) {
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    bug: Bug,
+    injected: Arc<AtomicU64>,
+) {
     // Owning the connection tasks here means aborting this task ends them all.
     let mut conns = JoinSet::new();
     loop {
@@ -198,7 +206,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Client → server: forwarded unchanged; `join`s are read (before forwarding, so the
 /// answer cannot overtake what we learn) to know which joins resume.
-async fn upstream(mut cr: OwnedReadHalf, mut sw: OwnedWriteHalf, joins: SinceJoins) -> io::Result<()> {
+async fn upstream(
+    mut cr: OwnedReadHalf,
+    mut sw: OwnedWriteHalf,
+    joins: SinceJoins,
+) -> io::Result<()> {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut head = Some(Vec::new());
     let mut parse: Vec<u8> = Vec::new();
@@ -235,7 +247,10 @@ async fn upstream(mut cr: OwnedReadHalf, mut sw: OwnedWriteHalf, joins: SinceJoi
                         && let Ok(ClientEvent::Join(j)) = decode_client(p)
                     {
                         let mut joins = joins.lock().expect("not poisoned");
-                        if j.since.is_some() {
+                        // `since: 0` holds nothing, so it is no resume (and it is how
+                        // the final readers read a whole room: skipping that replay
+                        // would hide the history instead of breaking a resume).
+                        if j.since.is_some_and(|s| s > 0) {
                             joins.insert(j.room.as_str().to_owned());
                         } else {
                             joins.remove(j.room.as_str());
@@ -418,7 +433,7 @@ impl Downstream {
         }
         self.messages += 1;
         let count = self.messages;
-        let hit = |every: u64| count % every == 0;
+        let hit = |every: u64| count.is_multiple_of(every);
         match self.bug {
             Bug::None | Bug::SkipReplay => self.out.extend_from_slice(raw),
             Bug::Drop { every } => {

@@ -63,7 +63,9 @@ async fn next_json(ws: &mut Client) -> Option<Value> {
     loop {
         match tokio::time::timeout(QUIET, ws.next()).await {
             Err(_) | Ok(None) => return None,
-            Ok(Some(Ok(Ws::Text(t)))) => return Some(serde_json::from_str(&t).expect("valid JSON")),
+            Ok(Some(Ok(Ws::Text(t)))) => {
+                return Some(serde_json::from_str(&t).expect("valid JSON"));
+            }
             Ok(Some(Ok(_))) => continue,
             Ok(Some(Err(e))) => panic!("websocket error: {e}"),
         }
@@ -139,11 +141,26 @@ async fn live(bug: Bug) -> (Vec<Value>, u64) {
 
 #[test]
 fn bugs_parse_and_print() {
-    for s in ["none", "drop:1000", "duplicate:3", "reorder:2", "corrupt:7", "skip_replay"] {
+    for s in [
+        "none",
+        "drop:1000",
+        "duplicate:3",
+        "reorder:2",
+        "corrupt:7",
+        "skip_replay",
+    ] {
         let b: Bug = s.parse().unwrap();
         assert_eq!(b.to_string(), s);
     }
-    for bad in ["drop", "drop:0", "drop:x", "none:3", "skip_replay:2", "explode:3", ""] {
+    for bad in [
+        "drop",
+        "drop:0",
+        "drop:x",
+        "none:3",
+        "skip_replay:2",
+        "explode:3",
+        "",
+    ] {
         assert!(bad.parse::<Bug>().is_err(), "{bad}");
     }
     assert_eq!(Bug::Drop { every: 5 }.expected_anomaly(), Some("lost"));
@@ -207,7 +224,11 @@ async fn corrupt_changes_one_text_in_n_keeping_valid_frames() {
         } else {
             assert_eq!(text, format!("text {seq}"));
         }
-        assert_eq!(m["id"], format!("m-{seq}"), "the rest of the message is intact");
+        assert_eq!(
+            m["id"],
+            format!("m-{seq}"),
+            "the rest of the message is intact"
+        );
     }
     assert_eq!(injected, 4);
 }
@@ -215,7 +236,9 @@ async fn corrupt_changes_one_text_in_n_keeping_valid_frames() {
 #[tokio::test]
 async fn skip_replay_drops_the_replay_after_a_resume() {
     let setup = Setup::start().await;
-    let mitm = Mitm::start(setup.addr(), Bug::SkipReplay).await.expect("proxy starts");
+    let mitm = Mitm::start(setup.addr(), Bug::SkipReplay)
+        .await
+        .expect("proxy starts");
     let mut sender = connect(setup.addr(), "sender").await;
     join(&mut sender, "r", None).await;
     publish(&mut sender, "r", 10, "m").await;
@@ -232,11 +255,22 @@ async fn skip_replay_drops_the_replay_after_a_resume() {
     assert_eq!(seqs(&messages(&mut plain).await), vec![11]);
     assert_eq!(mitm.injected(), 7);
 
+    // `since: 0` resumes nothing (it is how final readers read a room): left alone.
+    let mut reader = connect(mitm.addr, "final-reader").await;
+    join(&mut reader, "r", Some(0)).await;
+    assert_eq!(
+        seqs(&messages(&mut reader).await),
+        (1..=11).collect::<Vec<_>>()
+    );
+    assert_eq!(mitm.injected(), 7);
+
     // Without the bug the same resume gets its replay (the server is fine).
-    let clean = Mitm::start(setup.addr(), Bug::None).await.expect("proxy starts");
+    let clean = Mitm::start(setup.addr(), Bug::None)
+        .await
+        .expect("proxy starts");
     let mut ok = connect(clean.addr, "ok").await;
     join(&mut ok, "r", Some(3)).await;
     assert_eq!(seqs(&messages(&mut ok).await), (4..=11).collect::<Vec<_>>());
-    drop((sender, plain, resumed, ok, mitm, clean));
+    drop((sender, plain, resumed, reader, ok, mitm, clean));
     setup.stop().await;
 }
