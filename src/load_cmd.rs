@@ -53,6 +53,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             workers,
             on_phase: None,
             recorder_out: None,
+            final_read_target: None,
+            room_tag: None,
         },
     ))?;
     print_summary(&summary, args.json)?;

@@ -573,6 +573,14 @@ impl Client {
                     if r.is_err() {
                         return self.finish_session(s).await;
                     }
+                    if *self.phase.borrow() >= Phase::Quiet && s.silent_until.is_some() {
+                        // The quiet period injects no faults, and a client still silent
+                        // when the run ends would be reported incomplete for our own
+                        // silence: end the spell now (drop, reconnect, resume).
+                        s.reset();
+                        self.record_closed(CloseCause::ClientSilent, None);
+                        return End::Disconnected;
+                    }
                 }
                 r = s.stream.readable(), if readable => {
                     if r.is_err() {

@@ -20,7 +20,12 @@ const READ_MESSAGES_PER_SEC: u64 = 5_000;
 
 /// Reads room `room` from seq 1 to its head as client `index`. Returns a warning when it
 /// could not finish (the checker will then see an incomplete reader).
-pub async fn final_read(ctx: Arc<RunCtx>, index: u32, room: String) -> Result<(), String> {
+pub async fn final_read(
+    ctx: Arc<RunCtx>,
+    index: u32,
+    room: String,
+    target: crate::client::Target,
+) -> Result<(), String> {
     let user = format!("reader-{room}");
     let rec = &ctx.recorder;
     rec.record(
@@ -30,7 +35,7 @@ pub async fn final_read(ctx: Arc<RunCtx>, index: u32, room: String) -> Result<()
             user: &user,
         },
     );
-    let t = &ctx.target;
+    let t = &target;
     let path = format!("{}?user={user}", t.path);
     let (mut stream, mut rbuf) = match wire::connect(t.addr, &t.host, &path).await {
         Ok(s) => s,

@@ -53,6 +53,17 @@ pub struct LoadOptions {
     /// Shared with the caller: events of the run itself (server faults) are recorded
     /// through it.
     pub recorder_out: Option<tokio::sync::oneshot::Sender<Arc<Recorder>>>,
+    /// Where final readers connect, when not `target` (e.g. straight to the server while
+    /// the clients go through a fault proxy: the final readers are the ground truth).
+    pub final_read_target: Option<String>,
+    /// Suffix of this run's room names (default: a fresh random tag, so rooms start
+    /// empty even on a server that ran the scenario before; `Some("")`: no suffix).
+    pub room_tag: Option<String>,
+}
+
+/// A short random tag for this run's room names.
+fn run_tag() -> String {
+    format!("r{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// Why a run could not start or finish.
@@ -202,7 +213,8 @@ fn source_ips(target: SocketAddr, connections: u64) -> Vec<IpAddr> {
 /// Runs a scenario against `opts.target`.
 pub async fn run(scenario: Scenario, opts: LoadOptions) -> Result<LoadSummary, LoadError> {
     let target = parse_target(&opts.target)?;
-    let plans = schedule::clients(&scenario);
+    let tag = opts.room_tag.clone().unwrap_or_else(run_tag);
+    let plans = schedule::clients(&scenario, &tag);
     let clients = plans.len() as u64;
     let rooms: u64 = scenario.groups.iter().map(|g| u64::from(g.rooms)).sum();
     let readers = if scenario.final_read { rooms } else { 0 };
@@ -356,13 +368,17 @@ pub async fn run(scenario: Scenario, opts: LoadOptions) -> Result<LoadSummary, L
     let unacked = ctx.stats.pending.load(Relaxed);
 
     // Final readers: the complete history of every room, for the checker.
+    let reader_target = match &opts.final_read_target {
+        Some(t) => parse_target(t)?,
+        None => ctx.target.clone(),
+    };
     if ctx.scenario.final_read {
         let mut readers = JoinSet::new();
         let mut index = clients as u32;
         for g in &ctx.scenario.groups {
             for r in 0..g.rooms {
-                let room = format!("{}-{r}", g.name);
-                readers.spawn(final_read(ctx.clone(), index, room));
+                let room = schedule::room_name(&g.name, r, &tag);
+                readers.spawn(final_read(ctx.clone(), index, room, reader_target.clone()));
                 index += 1;
             }
         }

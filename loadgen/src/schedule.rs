@@ -87,8 +87,11 @@ pub struct ClientPlan {
     pub moments: Vec<usize>,
 }
 
-/// Lays out every client: group by group, room by room.
-pub fn clients(s: &Scenario) -> Vec<ClientPlan> {
+/// Lays out every client: group by group, room by room. Rooms are named
+/// `<group>-<i>`, followed by `.<tag>` when `tag` is not empty: a run tags its rooms so
+/// that running a scenario again against the same server starts from empty rooms (the
+/// same ids in a room that already holds them would all be duplicates).
+pub fn clients(s: &Scenario, tag: &str) -> Vec<ClientPlan> {
     let mut out = Vec::with_capacity(s.clients() as usize);
     for (g, group) in s.groups.iter().enumerate() {
         for r in 0..group.rooms {
@@ -109,7 +112,7 @@ pub fn clients(s: &Scenario) -> Vec<ClientPlan> {
                     index,
                     user: format!("u{index}"),
                     group: g,
-                    room: format!("{}-{r}", group.name),
+                    room: room_name(&group.name, r, tag),
                     sender: m < group.senders,
                     shaping,
                     moments,
@@ -118,6 +121,15 @@ pub fn clients(s: &Scenario) -> Vec<ClientPlan> {
         }
     }
     out
+}
+
+/// The name of room `r` of a group in a run tagged `tag`.
+pub fn room_name(group: &str, r: u32, tag: &str) -> String {
+    if tag.is_empty() {
+        format!("{group}-{r}")
+    } else {
+        format!("{group}-{r}.{tag}")
+    }
 }
 
 fn affected(seed: u64, client: u32, f: usize, fault: &Fault, group: &str) -> bool {
@@ -389,7 +401,7 @@ jitter = "5ms"
         let mut s = crate::scenario::Scenario::parse("det.toml", SCENARIO).unwrap();
         s.seed = seed;
         let mut h = DefaultHasher::new();
-        for c in clients(&s) {
+        for c in clients(&s, "") {
             (c.index, &c.user, &c.room, c.sender, &c.shaping, &c.moments).hash(&mut h);
             let mut sched = Schedule::new(&s, &c);
             while let Some((t, a)) = sched.next_action() {
@@ -412,7 +424,7 @@ jitter = "5ms"
     #[test]
     fn poisson_rates_come_out_right() {
         let s = crate::scenario::Scenario::parse("det.toml", SCENARIO).unwrap();
-        let cs = clients(&s);
+        let cs = clients(&s, "");
         assert_eq!(cs.len(), 110);
         assert_eq!(cs.iter().filter(|c| c.sender).count(), 15 + 50);
         let mut sends = 0;
