@@ -12,10 +12,12 @@
 //!   connection stays usable; abuse and oversized frames close it.
 //! - [`http`]: the HTTP endpoints.
 //! - [`session`]: welcome, application ping/pong, heartbeat, leave, graceful shutdown.
+//! - [`checker`]: the checker catches each bug a fault proxy adds, and passes without one.
 //! - [`loadgen`]: the load generator's faults as the server saw them, resumes, scenario
 //!   errors.
 
 mod bad_input;
+mod checker;
 mod crash;
 mod guarantees;
 mod http;
