@@ -36,6 +36,11 @@ enum Command {
     /// Generate load from a scenario against a running server, recording what every
     /// simulated client saw.
     Load(crate::load_cmd::LoadArgs),
+    /// The main job: start a server, run a scenario's load against it with live
+    /// checking, report, and exit 0 (valid), 1 (anomalies or failed thresholds) or 2.
+    Run(crate::run_cmd::RunArgs),
+    /// Benchmarks: `lockstep bench fanout` finds the sustainable fan-out rate per room size.
+    Bench(crate::bench_cmd::BenchArgs),
     /// Check a recording against the protocol's guarantees.
     Check(crate::check_cmd::CheckArgs),
 }
@@ -84,6 +89,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args),
         Command::Check(args) => crate::check_cmd::run(args),
         Command::Load(args) => crate::load_cmd::run(args),
+        Command::Run(args) => crate::run_cmd::run(args),
+        Command::Bench(args) => crate::bench_cmd::run(args),
     }
 }
 

@@ -2,9 +2,11 @@
 //! and maps outcomes to exit codes (0 ok, 1 anomalies or failed thresholds, 2 could not
 //! run).
 
+mod bench_cmd;
 mod check_cmd;
 mod cli;
 mod load_cmd;
+mod run_cmd;
 
 use std::process::ExitCode;
 

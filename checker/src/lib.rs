@@ -21,6 +21,7 @@
 
 mod analyze;
 pub mod anomaly;
+pub mod html;
 pub mod render;
 pub mod report;
 pub mod stats;

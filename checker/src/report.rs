@@ -93,7 +93,9 @@ pub struct Report {
     pub acked_unverifiable: u64,
     pub thresholds: Vec<ThresholdResult>,
     pub stats: Stats,
-    /// The first faults the load generator injected (all are counted in `stats.faults`).
+    /// The faults injected, for drawing them on a time axis: every server fault, and
+    /// client faults sampled (one per kind and second, at most 300). All are counted in
+    /// `stats.faults`.
     pub faults: Vec<FaultNote>,
     /// Remarks about the check itself (e.g. an unknown kind in `allowed_anomalies`).
     pub notes: Vec<String>,

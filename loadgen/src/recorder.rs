@@ -40,13 +40,22 @@ enum Msg {
     },
 }
 
+/// What an in-process consumer of a recording (the checker, in `lockstep run`) gets, in
+/// order: the header, raw blocks, then the end marker's counts.
+#[derive(Debug)]
+pub enum Live {
+    Header(Box<Header>),
+    Block(Vec<u8>),
+    End(Trailer),
+}
+
 /// Where recorded blocks go.
 pub struct Sinks {
     /// A `.lsr` file.
     pub file: Option<File>,
     /// Raw blocks for an in-process checker. Sent with back-pressure from the writer
     /// thread (the writer waits; clients do not).
-    pub live: Option<SyncSender<Vec<u8>>>,
+    pub live: Option<SyncSender<Live>>,
 }
 
 pub struct Recorder {
@@ -72,6 +81,9 @@ impl Recorder {
             None => None,
         };
         let live = sinks.live;
+        if let Some(l) = &live {
+            let _ = l.send(Live::Header(Box::new(header.clone())));
+        }
         let writer = std::thread::Builder::new()
             .name("lockstep-recorder".into())
             .spawn(move || write_loop(rx, file, live))?;
@@ -192,7 +204,7 @@ impl Recorder {
 fn write_loop(
     rx: Receiver<Msg>,
     mut file: Option<FileWriter<BufWriter<File>>>,
-    live: Option<SyncSender<Vec<u8>>>,
+    live: Option<SyncSender<Live>>,
 ) -> io::Result<Trailer> {
     let mut events = 0;
     let mut lost = 0;
@@ -205,7 +217,7 @@ fn write_loop(
                     f.write_block(&raw, n)?;
                 }
                 if let Some(l) = &live
-                    && l.send(raw).is_err()
+                    && l.send(Live::Block(raw)).is_err()
                 {
                     // The consumer went away; keep writing the file.
                     live = None;
@@ -221,5 +233,9 @@ fn write_loop(
         f.add_lost(lost);
         f.finish()?;
     }
-    Ok(Trailer { events, lost })
+    let trailer = Trailer { events, lost };
+    if let Some(l) = &live {
+        let _ = l.send(Live::End(trailer));
+    }
+    Ok(trailer)
 }

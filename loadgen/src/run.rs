@@ -40,7 +40,7 @@ pub struct LoadOptions {
     /// Write the recording here.
     pub record: Option<PathBuf>,
     /// Also hand raw recording blocks to an in-process consumer (the checker).
-    pub live: Option<SyncSender<Vec<u8>>>,
+    pub live: Option<SyncSender<crate::recorder::Live>>,
     /// Draw a progress line (only when stderr is a terminal).
     pub progress: bool,
     /// The scenario's file, for the recording header.

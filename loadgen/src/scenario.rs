@@ -117,6 +117,10 @@ pub struct Scenario {
     /// Server-side faults (`lockstep run` only; skipped with a warning against `--target`).
     #[serde(default, rename = "server_fault")]
     pub server_faults: Vec<ServerFault>,
+    /// Settings for the server `lockstep run` starts (keys of `lockstep serve`'s config
+    /// file, e.g. `heartbeat_ms`); checked by `lockstep run`, ignored against `--target`.
+    #[serde(default)]
+    pub server: toml::Table,
 }
 
 fn default_quiet() -> Dur {

@@ -13,6 +13,7 @@
 //! - [`http`]: the HTTP endpoints.
 //! - [`session`]: welcome, application ping/pong, heartbeat, leave, graceful shutdown.
 //! - [`checker`]: the checker catches each bug a fault proxy adds, and passes without one.
+//! - [`run`]: `lockstep run` exit codes, JSON and HTML reports, a server killed mid-run.
 //! - [`loadgen`]: the load generator's faults as the server saw them, resumes, scenario
 //!   errors.
 
@@ -22,5 +23,6 @@ mod crash;
 mod guarantees;
 mod http;
 mod loadgen;
+mod run;
 mod session;
 mod support;

@@ -41,8 +41,10 @@ pub(crate) use state::{
 
 /// "No such index" for the u32 indexes used throughout.
 pub(crate) const NONE: u32 = u32::MAX;
-/// Faults listed in the report (all are counted).
-pub(crate) const FAULT_NOTES_MAX: usize = 100;
+/// Faults listed in the report (all are counted): every server fault up to this many...
+pub(crate) const FAULT_NOTES_MAX: usize = 1000;
+/// ...and at most this many client faults, one per kind and second.
+pub(crate) const CLIENT_FAULT_NOTES_MAX: usize = 300;
 
 /// A small, fast, non-cryptographic hasher (FxHash): keys are room names, message ids and
 /// client numbers from a local file, so HashDoS is not a concern and speed is.

@@ -4,7 +4,10 @@ use lockstep_protocol::record::Event;
 
 use super::context::{self, Recent};
 use super::expected_first;
-use super::{AckRec, Analysis, FAULT_NOTES_MAX, FaultNote, Join, JoinState, NONE, SeqAttempt};
+use super::{
+    AckRec, Analysis, CLIENT_FAULT_NOTES_MAX, FAULT_NOTES_MAX, FaultNote, Join, JoinState, NONE,
+    SeqAttempt,
+};
 
 /// Unanswered sends remembered per connection (to match acks and errors to attempts).
 /// Above it the oldest is forgotten: its ack then counts, but not for FIFO.
@@ -182,7 +185,20 @@ impl Analysis {
                 detail,
             } => {
                 *self.stats.faults.entry(kind.to_owned()).or_default() += 1;
-                if self.faults.len() < FAULT_NOTES_MAX {
+                // Every server fault is listed; client faults are sampled (one per kind
+                // and second) so the report can draw them along the whole run.
+                let server = client == u32::MAX;
+                let second = t_us / 1_000_000;
+                let keep = if server {
+                    self.faults.len() < FAULT_NOTES_MAX
+                } else {
+                    self.faults.iter().filter(|f| f.client.is_some()).count()
+                        < CLIENT_FAULT_NOTES_MAX
+                        && !self.faults.iter().any(|f| {
+                            f.client.is_some() && f.kind == kind && f.t_us / 1_000_000 == second
+                        })
+                };
+                if keep {
                     self.faults.push(FaultNote {
                         t_us,
                         client: (client != u32::MAX).then_some(client),
