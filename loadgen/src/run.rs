@@ -80,6 +80,8 @@ pub enum LoadError {
         readers: u64,
         limit: u64,
     },
+    #[error("cannot reach the server at {target}: {why}")]
+    Unreachable { target: String, why: String },
     #[error("recording: {0}")]
     Record(#[from] std::io::Error),
 }
@@ -213,6 +215,32 @@ fn source_ips(target: SocketAddr, connections: u64) -> Vec<IpAddr> {
 /// Runs a scenario against `opts.target`.
 pub async fn run(scenario: Scenario, opts: LoadOptions) -> Result<LoadSummary, LoadError> {
     let target = parse_target(&opts.target)?;
+    // One connection first: an unreachable or non-WebSocket target is an error now, not
+    // thousands of failed connections for the length of the run.
+    let probe = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::wire::connect(
+            target.addr,
+            &target.host,
+            &format!("{}?user=lockstep-preflight", target.path),
+        ),
+    )
+    .await;
+    match probe {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(LoadError::Unreachable {
+                target: opts.target.clone(),
+                why: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(LoadError::Unreachable {
+                target: opts.target.clone(),
+                why: "no WebSocket handshake within 5 s".into(),
+            });
+        }
+    }
     let tag = opts.room_tag.clone().unwrap_or_else(run_tag);
     let plans = schedule::clients(&scenario, &tag);
     let clients = plans.len() as u64;

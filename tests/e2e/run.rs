@@ -228,3 +228,49 @@ fn the_html_report_draws_its_charts_in_a_browser() {
         assert!(n > 200, "{name}: only {n} pixels drawn");
     }
 }
+
+#[test]
+fn every_shipped_scenario_parses() {
+    // Goal: the scenarios in `scenarios/` stay valid as the schema evolves, and each says
+    // what it proves.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let s = lockstep_loadgen::scenario::Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("# Proves"),
+            "{} must open with `# Proves: ...`",
+            path.display()
+        );
+        assert!(s.clients() > 0);
+        n += 1;
+    }
+    assert!(n >= 9, "only {n} scenarios");
+}
+
+#[test]
+fn an_unreachable_target_is_an_error_not_a_long_run() {
+    // Goal: `lockstep load` against nothing fails at once, naming the target (exit 2).
+    let dir = tempfile::tempdir().unwrap();
+    let s = scenario(dir.path(), "tiny.toml", TINY);
+    let started = std::time::Instant::now();
+    let out = lockstep(&[
+        "load",
+        s.to_str().unwrap(),
+        "--target",
+        "ws://127.0.0.1:9/ws",
+        "--no-progress",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the server at ws://127.0.0.1:9/ws"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
