@@ -84,7 +84,13 @@ struct ServeArgs {
 
 pub fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The server logs its lifecycle at info; the tools print reports, so their logs
+    // default to warnings (RUST_LOG overrides both).
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => crate::check_cmd::run(args),
@@ -94,9 +100,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
