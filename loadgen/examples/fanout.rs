@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use lockstep_loadgen::stats::{proc_cpu_secs as cpu_secs, proc_rss_kib as rss_kib};
 use lockstep_loadgen::wire;
 use lockstep_protocol::ws::{Decoded, Decoder, Frame, OP_PONG, Role};
 use tokio::io::AsyncWriteExt;
@@ -89,25 +90,6 @@ fn parse() -> Opts {
         i += 2;
     }
     o
-}
-
-/// CPU seconds (user + system) of a process, from /proc.
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // After the ")": state is field 0, utime is 11, stime is 12.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 struct Shared {

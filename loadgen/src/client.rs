@@ -693,17 +693,7 @@ impl Client {
         let (client, conn) = (self.plan.index, self.conn);
         match ev.kind {
             Kind::Message => {
-                self.logbuf.put(&Event::Message {
-                    t_us,
-                    client,
-                    conn,
-                    room: &ev.room,
-                    seq: ev.seq,
-                    id: ev.id.as_deref().unwrap_or(""),
-                    from: &ev.from,
-                    text_hash: ev.text_hash,
-                    ts: ev.ts,
-                });
+                self.logbuf.put(&ev.recorded_message(t_us, client, conn));
                 self.delivered += 1;
                 if let Some(i) = ev.intended_us {
                     self.ctx
@@ -741,16 +731,7 @@ impl Client {
                 }
             }
             Kind::Joined => {
-                self.logbuf.put(&Event::Joined {
-                    t_us,
-                    client,
-                    conn,
-                    room: &ev.room,
-                    epoch: &ev.epoch,
-                    head: ev.head,
-                    first: ev.first,
-                    reset: ev.reset,
-                });
+                self.logbuf.put(&ev.recorded_joined(t_us, client, conn));
                 if *ev.room == *self.plan.room {
                     let epoch_changed = self.held_epoch.as_deref() != Some(&*ev.epoch);
                     if ev.reset || (epoch_changed && self.held_epoch.is_some()) {

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use lockstep_protocol::record::text_hash_bytes;
+use lockstep_protocol::record::{self, text_hash_bytes};
 
 use crate::schedule::intended_us_of;
 
@@ -52,6 +52,37 @@ pub struct Event<'a> {
     pub code: Cow<'a, str>,
     pub retry_after_ms: Option<u64>,
     pub heartbeat_ms: u64,
+}
+
+impl Event<'_> {
+    /// This `message` as a recording event of (`client`, `conn`) at `t_us`.
+    pub fn recorded_message(&self, t_us: u64, client: u32, conn: u32) -> record::Event<'_> {
+        record::Event::Message {
+            t_us,
+            client,
+            conn,
+            room: &self.room,
+            seq: self.seq,
+            id: self.id.as_deref().unwrap_or(""),
+            from: &self.from,
+            text_hash: self.text_hash,
+            ts: self.ts,
+        }
+    }
+
+    /// This `joined` as a recording event of (`client`, `conn`) at `t_us`.
+    pub fn recorded_joined(&self, t_us: u64, client: u32, conn: u32) -> record::Event<'_> {
+        record::Event::Joined {
+            t_us,
+            client,
+            conn,
+            room: &self.room,
+            epoch: &self.epoch,
+            head: self.head,
+            first: self.first,
+            reset: self.reset,
+        }
+    }
 }
 
 /// Why a frame could not be read as an event.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstep_protocol::record::{CloseCause, Event};
-use lockstep_protocol::ws::{Decoded, Decoder, Frame, OP_CLOSE, OP_PONG, Role};
+use lockstep_protocol::ws::{Decoded, Decoder, Frame, OP_PONG, Role};
 use tokio::io::AsyncWriteExt;
 
 use crate::client::RunCtx;
@@ -110,39 +110,14 @@ pub async fn final_read(
                                 let t_us = rec.now_us();
                                 match ev.kind {
                                     Kind::Joined => {
-                                        rec.record(
-                                            index,
-                                            &Event::Joined {
-                                                t_us,
-                                                client: index,
-                                                conn: 1,
-                                                room: &ev.room,
-                                                epoch: &ev.epoch,
-                                                head: ev.head,
-                                                first: ev.first,
-                                                reset: ev.reset,
-                                            },
-                                        );
+                                        rec.record(index, &ev.recorded_joined(t_us, index, 1));
                                         head = Some(ev.head);
                                         let extra =
                                             Duration::from_secs(ev.head / READ_MESSAGES_PER_SEC);
                                         deadline += extra;
                                     }
                                     Kind::Message => {
-                                        rec.record(
-                                            index,
-                                            &Event::Message {
-                                                t_us,
-                                                client: index,
-                                                conn: 1,
-                                                room: &ev.room,
-                                                seq: ev.seq,
-                                                id: ev.id.as_deref().unwrap_or(""),
-                                                from: &ev.from,
-                                                text_hash: ev.text_hash,
-                                                ts: ev.ts,
-                                            },
-                                        );
+                                        rec.record(index, &ev.recorded_message(t_us, index, 1));
                                         last = last.max(ev.seq);
                                     }
                                     Kind::Error => {
@@ -216,8 +191,7 @@ pub async fn final_read(
             client: index,
         },
     );
-    wire::control_frame(&mut out, OP_CLOSE, &1000u16.to_be_bytes());
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    wire::close_gracefully(stream, Duration::from_secs(1)).await;
     rec.record(
         index,
         &Event::Closed {

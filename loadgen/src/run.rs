@@ -227,7 +227,7 @@ pub async fn run(scenario: Scenario, opts: LoadOptions) -> Result<LoadSummary, L
     )
     .await;
     match probe {
-        Ok(Ok(_)) => {}
+        Ok(Ok((stream, _))) => crate::wire::close_gracefully(stream, Duration::from_secs(1)).await,
         Ok(Err(e)) => {
             return Err(LoadError::Unreachable {
                 target: opts.target.clone(),

@@ -100,6 +100,37 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Closes a connection with a close handshake: our close frame, then whatever the server
+/// still sends up to its close frame (at most `wait`), then the socket. The server sees a
+/// clean close, not a reset from unread bytes.
+pub async fn close_gracefully(mut stream: TcpStream, wait: std::time::Duration) {
+    let mut out = Vec::new();
+    control_frame(&mut out, ws::OP_CLOSE, &1000u16.to_be_bytes());
+    let _ = tokio::time::timeout(wait, async {
+        stream.write_all(&out).await?;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut dec = ws::Decoder::new(ws::Role::Client, 16 * 1024 * 1024);
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            pending.extend_from_slice(&buf[..n]);
+            let mut pos = 0;
+            loop {
+                match dec.decode(&mut pending[pos..]) {
+                    Ok(ws::Decoded::Frame(ws::Frame::Close { .. }, _)) | Err(_) => return Ok(()),
+                    Ok(ws::Decoded::Frame(_, k)) | Ok(ws::Decoded::Fragment(k)) => pos += k,
+                    Ok(ws::Decoded::NeedMore(_)) => break,
+                }
+            }
+            pending.drain(..pos);
+        }
+    })
+    .await;
+}
+
 /// Appends a masked text frame (clients must mask, RFC 6455 §5.3).
 pub fn text_frame(out: &mut Vec<u8>, payload: &[u8]) {
     ws::append_frame(out, ws::OP_TEXT, payload, Some(rand::random()));

@@ -88,10 +88,11 @@ async fn injected_faults_are_seen_by_the_server() {
     assert!(s.faults.close > 0, "no clean close: {:?}", s.faults);
     assert_eq!(s.lost_events, 0);
     let m = metrics(&srv).await;
-    // Every connection (clients' and the 4 final readers') reached the server.
+    // Every connection (clients', the 4 final readers' and the one preflight check
+    // made before the run) reached the server.
     assert_eq!(
         metric(&m, "lockstep_connections_total"),
-        s.counts.connects + 4
+        s.counts.connects + 4 + 1
     );
     // Each reset is a TCP reset the server read, and each silent client was detected
     // by the server's heartbeat (silence 1.5 s > 3 × 200 ms) — except a silence still
