@@ -161,10 +161,6 @@ fn probe(
         s,
         LoadOptions {
             target: format!("ws://{}/ws", server.addr),
-            record: None,
-            live: None,
-            progress: false,
-            scenario_path: None,
             workers,
             on_phase: Some(Box::new(move |phase, _| {
                 if matches!(phase, Phase::Load | Phase::Quiet) {
@@ -175,9 +171,7 @@ fn probe(
                     ));
                 }
             })),
-            recorder_out: None,
-            final_read_target: None,
-            room_tag: None,
+            ..LoadOptions::new("")
         },
     ))?;
     let marks = marks.lock().clone();

@@ -47,14 +47,10 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         LoadOptions {
             target: args.target.clone(),
             record: args.record.clone(),
-            live: None,
             progress: !args.no_progress,
             scenario_path: Some(args.scenario.display().to_string()),
             workers,
-            on_phase: None,
-            recorder_out: None,
-            final_read_target: None,
-            room_tag: None,
+            ..LoadOptions::new("")
         },
     ))?;
     print_summary(&summary, args.json)?;

@@ -61,6 +61,25 @@ pub struct LoadOptions {
     pub room_tag: Option<String>,
 }
 
+impl LoadOptions {
+    /// Options for a run against `target` with nothing extra: no recording, no live
+    /// consumer, no progress line, 2 workers.
+    pub fn new(target: impl Into<String>) -> Self {
+        Self {
+            target: target.into(),
+            record: None,
+            live: None,
+            progress: false,
+            scenario_path: None,
+            workers: 2,
+            on_phase: None,
+            recorder_out: None,
+            final_read_target: None,
+            room_tag: None,
+        }
+    }
+}
+
 /// A short random tag for this run's room names.
 fn run_tag() -> String {
     format!("r{:06x}", rand::random::<u32>() & 0xff_ffff)

@@ -49,15 +49,9 @@ async fn check_with(bug: &str) -> lockstep_checker::report::Report {
         LoadOptions {
             target: format!("ws://{}/ws", mitm.addr),
             record: Some(path.clone()),
-            live: None,
-            progress: false,
-            scenario_path: None,
-            workers: 2,
-            on_phase: None,
-            recorder_out: None,
             // The final readers read the truth, straight from the server.
             final_read_target: Some(srv.url()),
-            room_tag: None,
+            ..LoadOptions::new("")
         },
     )
     .await

@@ -50,14 +50,7 @@ async fn load(srv: &TestServer, text: &str, record: &Path) -> LoadSummary {
         LoadOptions {
             target: srv.url(),
             record: Some(record.to_owned()),
-            live: None,
-            progress: false,
-            scenario_path: None,
-            workers: 2,
-            on_phase: None,
-            recorder_out: None,
-            final_read_target: None,
-            room_tag: None,
+            ..LoadOptions::new("")
         },
     )
     .await
