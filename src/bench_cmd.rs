@@ -278,7 +278,9 @@ fn bench_size(
         None => None,
     };
     let good = good.map(|g| g.1);
-    server.terminate(Duration::from_secs(15));
+    if let Err(e) = server.terminate(Duration::from_secs(15)) {
+        tracing::warn!("stopping the bench server: {e:#}");
+    }
     let rss_per_connection_kib = good
         .as_ref()
         .map(|g| g.server_rss_kib.saturating_sub(idle) as f64 / f64::from(clients));

@@ -209,28 +209,43 @@ impl ChildServer {
         }
     }
 
-    /// SIGTERM, then wait for the graceful shutdown (SIGKILL after `grace`).
-    pub fn terminate(&mut self, grace: Duration) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = std::time::Instant::now() + grace;
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    /// SIGTERM, then wait for the graceful shutdown (SIGKILL after `grace`). An error
+    /// says the shutdown was not graceful: the signal could not be sent, the server did
+    /// not exit within `grace` (it was then killed), or it exited with a failure.
+    pub fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = rustix::process::Pid::from_raw(c.id() as i32)
+            .context("the server's process id is not valid")?;
+        if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
             let _ = c.kill();
             let _ = c.wait();
+            bail!("could not send SIGTERM to the server: {e}");
         }
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            match c.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => bail!("the server exited with {status} on SIGTERM"),
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => bail!("waiting for the server: {e}"),
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        bail!(
+            "the server did not exit within {} ms of SIGTERM; killed",
+            grace.as_millis()
+        )
     }
 }
 
 impl Drop for ChildServer {
     fn drop(&mut self) {
-        self.terminate(Duration::from_secs(15));
+        if let Err(e) = self.terminate(Duration::from_secs(15)) {
+            tracing::warn!("stopping the server: {e:#}");
+        }
     }
 }
 
@@ -285,6 +300,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .tempdir()
         .context("creating a temporary directory for the server's database")?;
     let mut warnings = Vec::new();
+    // Reasons the run did not happen as specified; any of them makes the exit code 2.
+    let mut unrun: Vec<String> = Vec::new();
     let connections: u64 = scenario.clients()
         + scenario
             .groups
@@ -436,12 +453,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     let down = f.down.0;
                     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                         let mut c = c.lock();
-                        match f.kind {
-                            ServerFaultKind::Kill => c.kill(),
+                        let stopped = match f.kind {
+                            ServerFaultKind::Kill => {
+                                c.kill();
+                                Ok(())
+                            }
                             ServerFaultKind::Restart => c.terminate(grace),
-                        }
+                        };
+                        // Restart even when the shutdown was not graceful, so the rest
+                        // of the run has a server; the failure still ends the run as
+                        // not run as specified.
                         std::thread::sleep(down);
-                        c.start()
+                        c.start()?;
+                        stopped
                     })
                     .await??;
                     record_server_fault(&recorder, "server_up", "restarted");
@@ -474,8 +498,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = fault_task {
         match runtime.block_on(t) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warnings.push(format!("a server fault failed: {e:#}")),
-            Err(e) => warnings.push(format!("the server fault task failed: {e}")),
+            Ok(Err(e)) => unrun.push(format!("a server fault failed: {e:#}")),
+            Err(e) => unrun.push(format!("the server fault task failed: {e}")),
         }
     }
     let injected = mitm
@@ -484,7 +508,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     drop(mitm);
     match server {
         ServerUnderTest::InProcess(mut s) => s.stop(),
-        ServerUnderTest::Child(c) => c.lock().terminate(Duration::from_secs(15)),
+        ServerUnderTest::Child(c) => {
+            if let Err(e) = c.lock().terminate(Duration::from_secs(15)) {
+                warnings.push(format!("stopping the server at the end: {e:#}"));
+            }
+        }
         ServerUnderTest::External => {}
     }
     let summary = summary?;
@@ -495,7 +523,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bail!("the checker received no recording");
     };
     if let Some(e) = check_error {
-        warnings.push(format!("the live recording was unreadable: {e}"));
+        unrun.push(format!("the live recording was unreadable: {e}"));
     }
 
     if let Some(path) = &args.junit {
@@ -537,6 +565,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         for w in &warnings {
             eprintln!("lockstep: warning: {w}");
         }
+    }
+    // The run did not go as the scenario said (a server fault failed, the live recording
+    // broke): whatever the checker saw, the result is unknown, exit 2, as for a
+    // truncated recording in `lockstep check`.
+    for why in &unrun {
+        eprintln!("lockstep: could not run as specified: {why}");
+    }
+    if !unrun.is_empty() {
+        return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -33,7 +33,7 @@ use crate::wire;
 const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Sends waiting for an ack (or for the connection to come back) per client. Beyond it,
 /// scheduled sends are skipped and counted: the run cannot keep up and the report says so.
-const PENDING_MAX: usize = 10_000;
+const PENDING_MAX: usize = crate::scenario::WINDOW_MAX;
 /// How long a TCP connect plus handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a clean close waits for the server's close frame.
@@ -642,6 +642,13 @@ impl Client {
                         }
                         Frame::Close { code, .. } => {
                             self.ctx.stats.server_closes.fetch_add(1, Relaxed);
+                            if s.closing.is_some() && s.slow_close {
+                                // slow_close (toxiproxy's): the close handshake is done,
+                                // but the TCP socket stays open, unread, until the delay
+                                // is over (`due_actions` ends it then).
+                                s.close_answered = Some(code);
+                                break None;
+                            }
                             if s.closing.is_none() {
                                 // Echo the close and go.
                                 let payload =
@@ -673,7 +680,10 @@ impl Client {
         rbuf.extend_from_slice(&s.rbuf);
         s.rbuf = rbuf;
         s.dec = dec;
-        if result.is_none() && s.peer_eof {
+        // The server's EOF counts once every byte before it is out of the latency line
+        // (TCP delivers the FIN after the data); after a completed slow-close handshake
+        // it is expected.
+        if result.is_none() && s.peer_eof && s.down_line.is_empty() && s.close_answered.is_none() {
             self.ctx.stats.lost_connections.fetch_add(1, Relaxed);
             self.record_closed(CloseCause::Lost, None);
             return Some(End::Disconnected);
@@ -813,7 +823,7 @@ impl Client {
         {
             // The close frame went out; the server did not answer in time (or, for a
             // slow close, the delay is over): let TCP close.
-            self.record_closed(CloseCause::ClientClose, None);
+            self.record_closed(CloseCause::ClientClose, s.close_answered.flatten());
             return Some(End::Disconnected);
         }
         if *self.phase.borrow() != Phase::Load {
@@ -1015,6 +1025,9 @@ struct Session {
     silent_until: Option<Instant>,
     closing: Option<Instant>,
     slow_close: bool,
+    /// A slow close whose handshake the server completed (with this code): the socket
+    /// is held open, unread, until `closing`.
+    close_answered: Option<Option<u16>>,
     shaping: Shaping,
     /// Received chunks waiting out their latency.
     down_line: VecDeque<(Instant, Vec<u8>)>,
@@ -1085,6 +1098,7 @@ impl Session {
             silent_until: None,
             closing: None,
             slow_close: false,
+            close_answered: None,
             up_tokens: Tokens::new(shaping.up_bytes_per_sec),
             down_tokens: Tokens::new(shaping.down_bytes_per_sec),
             shaping: shaping.clone(),
@@ -1124,11 +1138,15 @@ impl Session {
     fn can_read(&mut self) -> bool {
         self.silent_until.is_none()
             && !self.peer_eof
+            && self.close_answered.is_none()
             && self.down_tokens.available() >= SLOW_READ_BYTES_MIN
     }
 
     fn wants_write(&self) -> bool {
-        self.silent_until.is_none() && self.wpos < self.wbuf.len() && self.next_slice_at.is_none()
+        self.silent_until.is_none()
+            && self.close_answered.is_none()
+            && self.wpos < self.wbuf.len()
+            && self.next_slice_at.is_none()
     }
 
     /// The earliest moment shaping needs attention (bandwidth buckets are brought up
@@ -1216,7 +1234,11 @@ impl Session {
 
     /// Writes what the socket takes, within bandwidth and slicing.
     fn flush(&mut self) -> Result<(), SessionEnd> {
-        if self.silent_until.is_some() || self.next_slice_at.is_some() {
+        // After a completed close handshake nothing more goes on the wire.
+        if self.silent_until.is_some()
+            || self.next_slice_at.is_some()
+            || self.close_answered.is_some()
+        {
             return Ok(());
         }
         while self.wpos < self.wbuf.len() {

@@ -578,7 +578,12 @@ impl Scenario {
                 (Some(r), _) if !(r > 0.0 && r <= 100_000.0) => {
                     return fail(at("rate"), format!("{r} is not in (0, 100000] messages/s"));
                 }
-                (_, Some(0)) => return fail(at("window"), "must be at least 1".into()),
+                (_, Some(w)) if w == 0 || w as usize > WINDOW_MAX => {
+                    return fail(
+                        at("window"),
+                        format!("{w} is not in 1..={WINDOW_MAX} sends"),
+                    );
+                }
                 _ => {}
             }
             let [lo, hi] = g.text_bytes;
@@ -626,6 +631,17 @@ impl Scenario {
                     "every",
                     "mean time between occurrences per client",
                 )?;
+            }
+            if f.kind.is_event() && f.direction != Direction::Both {
+                // A reset, a silence or a close ends the whole connection: there is no
+                // one-way version to give, so a direction would be silently ignored.
+                return fail(
+                    at("direction"),
+                    format!(
+                        "{:?} acts on the whole connection; direction must be \"both\" (or left out)",
+                        f.kind
+                    ),
+                );
             }
             match f.kind {
                 FaultKind::Latency => need(f.latency.is_some(), "latency", "added delay")?,
@@ -680,6 +696,11 @@ impl Scenario {
         Ok(())
     }
 }
+
+/// Most un-acked sends one client keeps (to re-send on reconnect); a closed-loop
+/// `window` above it could never be filled. The client refuses further sends at it and
+/// counts them as skipped.
+pub const WINDOW_MAX: usize = 10_000;
 
 /// The anomaly kinds the checker knows (for `allowed_anomalies`).
 pub const ANOMALY_KINDS: [&str; 11] = [
@@ -778,6 +799,17 @@ latency_p99_ms_max = 250
 
         let e = err(&GOOD.replace("rate = 1.5", "rate = 1.5\nwindow = 3"));
         assert_eq!(e.key, "group[0].window");
+
+        let e = err(&GOOD.replace("rate = 1.5", "window = 10001"));
+        assert_eq!(e.key, "group[0].window");
+        assert_eq!(e.message, "10001 is not in 1..=10000 sends");
+
+        let e = err(&GOOD.replace(
+            "kind = \"reset_peer\"",
+            "kind = \"reset_peer\"\ndirection = \"upstream\"",
+        ));
+        assert_eq!(e.key, "fault[0].direction");
+        assert!(e.message.contains("acts on the whole connection"), "{e}");
 
         let e = err("name = \"x\"\nduration = \"1s\"\n");
         assert!(e.message.contains("missing field `group`"), "{e}");

@@ -79,7 +79,13 @@ impl Hub {
             .clone();
         let _one_at_a_time = lock.lock().await;
         let result = self.load(name, create).await;
-        self.loading.lock().remove(name);
+        // Remove the entry only if it is still ours: a load that inserted nothing (an
+        // unknown room without `create`, an error) lets a newcomer make a fresh lock
+        // while waiters of ours still run; theirs must not be removed under them.
+        let mut loading = self.loading.lock();
+        if loading.get(name).is_some_and(|l| Arc::ptr_eq(l, &lock)) {
+            loading.remove(name);
+        }
         result
     }
 
@@ -106,6 +112,12 @@ impl Hub {
         };
         let room = Arc::new(room);
         let mut rooms = self.rooms.lock();
+        // Two loads of one name can overlap (a waiter on an old loading lock and a
+        // newcomer on a new one); the first to insert wins, so there is never a second
+        // `Room` (a forked sequence) for one name.
+        if let Some(existing) = rooms.get(name) {
+            return Ok(Some(existing.clone()));
+        }
         if rooms.len() >= self.rooms_max {
             let evicted = evict_idle(&mut rooms, 0, usize::MAX);
             self.metrics

@@ -115,6 +115,8 @@ struct Observed {
     heads: HashMap<String, u64>,
     room_of: HashMap<u32, String>,
     readers: Vec<u32>,
+    /// For each slow_close: µs from the fault (close frame sent) to the TCP close.
+    slow_close_holds_us: Vec<u64>,
 }
 
 fn read_recording(path: &Path) -> Observed {
@@ -126,7 +128,9 @@ fn read_recording(path: &Path) -> Observed {
         heads: HashMap::new(),
         room_of: HashMap::new(),
         readers: Vec::new(),
+        slow_close_holds_us: Vec::new(),
     };
+    let mut slow_closing: HashMap<u32, u64> = HashMap::new();
     while let Some(block) = r.next_block().unwrap() {
         for ev in BlockEvents::new(block) {
             match ev.unwrap() {
@@ -149,6 +153,19 @@ fn read_recording(path: &Path) -> Observed {
                     o.room_of.insert(client, room.to_owned());
                     if since.is_some() {
                         o.resumes += 1;
+                    }
+                }
+                Event::Fault {
+                    t_us,
+                    client,
+                    kind: "slow_close",
+                    ..
+                } => {
+                    slow_closing.insert(client, t_us);
+                }
+                Event::Closed { t_us, client, .. } => {
+                    if let Some(t0) = slow_closing.remove(&client) {
+                        o.slow_close_holds_us.push(t_us - t0);
                     }
                 }
                 _ => {}
@@ -263,6 +280,12 @@ async fn shaping_faults_keep_every_sequence_complete() {
     assert!(s.faults.slow_close > 0, "{:?}", s.faults);
     assert_eq!(s.counts.unacked_at_end, 0, "{:?}", s.counts);
     let o = read_recording(&path);
+    // A slow close holds the socket open for its delay (300 ms) after the close frame,
+    // even though the server answers the close at once.
+    assert!(!o.slow_close_holds_us.is_empty());
+    for hold in &o.slow_close_holds_us {
+        assert!(*hold >= 290_000, "a slow close ended after {hold} µs");
+    }
     for (client, seqs) in &o.delivered {
         for w in seqs.windows(2) {
             assert_eq!(

@@ -129,6 +129,9 @@ fn a_server_killed_mid_run_loses_nothing_acked() {
     let faults = &j["check"]["stats"]["faults"];
     assert_eq!(faults["server_kill"], 1, "{faults}");
     assert_eq!(faults["server_restart"], 1, "{faults}");
+    // Both came back (a restart whose SIGTERM did not end in a clean exit 0 makes the
+    // run exit 2, so exit 0 above also says the graceful shutdown was graceful).
+    assert_eq!(faults["server_up"], 2, "{faults}");
     assert!(j["server"].as_str().unwrap().starts_with("child process"));
     // Messages were acked before the kill and found afterwards.
     assert!(j["check"]["stats"]["sends"]["acked"].as_u64().unwrap() > 50);
@@ -192,7 +195,14 @@ fn the_html_report_draws_its_charts_in_a_browser() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let page = std::fs::read_to_string(&html).unwrap();
-    assert!(page.contains("<svg id=\"throughput\"") && page.contains("<svg id=\"latency\""));
+    // Every chart the report promises is there: throughput and latency over time, the
+    // per-group latency distribution, and a timeline for the first anomaly.
+    for id in ["throughput", "latency", "groups", "anomaly-1"] {
+        assert!(
+            page.contains(&format!("<svg id=\"{id}\"")),
+            "chart {id} missing"
+        );
+    }
     // Self-contained: nothing to fetch, nothing to run.
     assert!(!page.contains("<script") && !page.contains("<link "));
     let shot = dir.path().join("shot.png");

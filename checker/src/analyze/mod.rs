@@ -241,6 +241,14 @@ impl Analysis {
             .position(|j| j.room == room)
     }
 
+    /// The connection's join of `room` whose state satisfies `pred`.
+    fn join_ix_where(&self, ci: u32, room: u32, pred: impl Fn(JoinState) -> bool) -> Option<usize> {
+        self.conns[ci as usize]
+            .joins
+            .iter()
+            .position(|j| j.room == room && pred(j.state))
+    }
+
     /// The epoch a connection is in for a room: its join's; else (an ack after `left`) the
     /// epoch its client last joined the room in; else the room's latest so far. The first
     /// two depend only on the client's own events, so on nothing of the interleaving.

@@ -43,7 +43,9 @@ impl Analysis {
             } => {
                 let ci = self.conn(client, conn);
                 let r = self.room(room);
-                if let Some(j) = self.join_ix(ci, r) {
+                // A join being left stays until its `left` arrives (deliveries before
+                // `left` are still its own); any other join of the room is replaced.
+                if let Some(j) = self.join_ix_where(ci, r, |s| s != JoinState::Leaving) {
                     self.end_join(ci, j);
                 }
                 self.stats.connections.joins += 1;
@@ -149,7 +151,12 @@ impl Analysis {
                 self.conns[ci as usize]
                     .ring
                     .push(Recent::Left { t: t_us, room: r });
-                if let Some(j) = self.join_ix(ci, r) {
+                // `left` ends the join that was left, not a new one already sent after
+                // the `leave` (leave, join since=S, left, joined is a valid order).
+                let j = self
+                    .join_ix_where(ci, r, |s| s == JoinState::Leaving)
+                    .or_else(|| self.join_ix(ci, r));
+                if let Some(j) = j {
                     self.end_join(ci, j);
                 }
             }
@@ -237,7 +244,8 @@ impl Analysis {
         if reset {
             self.stats.connections.resets += 1;
         }
-        let j = match self.join_ix(ci, r) {
+        let pending = self.join_ix_where(ci, r, |s| s == JoinState::Pending);
+        let j = match pending.or_else(|| self.join_ix(ci, r)) {
             Some(j) if self.conns[ci as usize].joins[j].state == JoinState::Pending => j,
             other => {
                 // A `joined` without a `join` of ours pending: take it as a fresh join.

@@ -575,3 +575,60 @@ fn renderings_carry_the_evidence() {
     assert!(junit.contains("<failure type=\"lost\""), "{junit}");
     assert!(junit.contains("name=\"duplicate\"/>"), "{junit}");
 }
+
+#[test]
+fn a_join_sent_before_the_left_arrives_resumes_cleanly() {
+    // Goal: regression — `leave`, then `join since=S` sent before `left` arrives, is a
+    // valid order (the server answers in order: `left`, then `joined`, then S+1…).
+    // `left` must end the join that was left, not the new one, or the replay of S+1…
+    // would be judged a `resume_gap` against a join that asked for no replay.
+    let mut h = two();
+    sends(&mut h, 2);
+    h.msg(1, 1, "r", 1, "m1", "u0");
+    for e in ["leave", "join", "left", "joined"] {
+        let t_us = h.t();
+        let room = crate::support::s("r");
+        h.ev.push(match e {
+            "leave" => Event::LeaveSent {
+                t_us,
+                client: 1,
+                conn: 1,
+                room,
+            },
+            "join" => Event::JoinSent {
+                t_us,
+                client: 1,
+                conn: 1,
+                room,
+                since: Some(1),
+                epoch: None,
+                history: None,
+            },
+            "left" => Event::Left {
+                t_us,
+                client: 1,
+                conn: 1,
+                room,
+            },
+            _ => Event::Joined {
+                t_us,
+                client: 1,
+                conn: 1,
+                room,
+                epoch: crate::support::s("e1"),
+                head: 2,
+                first: 1,
+                reset: false,
+            },
+        });
+    }
+    h.msg(1, 1, "r", 2, "m2", "u0");
+    h.finished(0).finished(1);
+    let r = h.check();
+    assert_eq!(
+        r.verdict,
+        Verdict::Pass,
+        "{}",
+        lockstep_checker::render::text(&r)
+    );
+}

@@ -55,7 +55,7 @@ impl H {
         Self::default()
     }
 
-    fn t(&mut self) -> u64 {
+    pub fn t(&mut self) -> u64 {
         self.t += 1000;
         self.t
     }
