@@ -37,11 +37,12 @@ pub enum Bench {
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
     /// Room sizes (members per room), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,5000")]
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,5000",
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub sizes: Vec<u32>,
     /// Clients per probe: rooms of a size are added until they hold this many (a room
     /// larger than this is one room of its size).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub clients: u32,
     /// Publishers per 1,000 clients (at least one per room).
     #[arg(long, default_value_t = 10)]

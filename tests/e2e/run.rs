@@ -284,3 +284,49 @@ fn an_unreachable_target_is_an_error_not_a_long_run() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+#[test]
+fn bench_fanout_probes_and_reports_in_json() {
+    // Goal: `lockstep bench fanout` really loads a server and reports what it measured.
+    // A p99 bound no real run can meet makes the search short and deterministic: the
+    // first rate fails, two bisection probes follow, none is sustainable, and each probe
+    // still reports real deliveries and server CPU.
+    let out = lockstep(&[
+        "bench",
+        "fanout",
+        "--sizes",
+        "10",
+        "--clients",
+        "20",
+        "--probe-secs",
+        "1",
+        "--p99-ms",
+        "0.0001",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json_of(&out);
+    assert_eq!(j["schema"], "lockstep.bench.fanout/1");
+    let size = &j["sizes"][0];
+    assert_eq!(size["room_size"], 10);
+    assert_eq!(size["rooms"], 2);
+    assert!(size["best"].is_null(), "{size}");
+    let probes = size["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 3, "{size}");
+    for p in probes {
+        assert_eq!(p["sustainable"], false, "{p}");
+        assert!(p["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["server_cpu_percent"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["server_rss_kib"].as_u64().unwrap() > 0, "{p}");
+    }
+
+    // A room size of 0 is refused by the CLI, not divided by.
+    let out = lockstep(&["bench", "fanout", "--sizes", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sizes"));
+}
