@@ -317,6 +317,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .thread_name(lockstep_loadgen::stats::THREAD_PREFIX)
         .enable_all()
         .build()?;
     // A benchmark measures capacity: no per-connection rate limits.

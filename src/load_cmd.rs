@@ -39,6 +39,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .thread_name(lockstep_loadgen::stats::THREAD_PREFIX)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

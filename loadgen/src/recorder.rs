@@ -85,7 +85,7 @@ impl Recorder {
             let _ = l.send(Live::Header(Box::new(header.clone())));
         }
         let writer = std::thread::Builder::new()
-            .name("lockstep-recorder".into())
+            .name("lockstep-load-recorder".into())
             .spawn(move || write_loop(rx, file, live))?;
         Ok(Recorder {
             start,

@@ -361,13 +361,13 @@ pub async fn run(scenario: Scenario, opts: LoadOptions) -> Result<LoadSummary, L
     if let Some(f) = &opts.on_phase {
         f(Phase::Load, recorder.now_us());
     }
-    let cpu0 = stats::process_cpu_secs();
+    let cpu0 = stats::load_cpu_secs();
     let delivered0 = ctx.stats.delivered.load(Relaxed);
     let load_started = Instant::now();
     sleep_until(start + Duration::from_micros(load_end_us)).await;
     let load_s = load_started.elapsed().as_secs_f64();
     let delivered1 = ctx.stats.delivered.load(Relaxed);
-    let cpu1 = stats::process_cpu_secs();
+    let cpu1 = stats::load_cpu_secs();
 
     // Quiet: no sends, no faults; wait until everyone settled or the bound.
     let _ = phase_tx.send(Phase::Quiet);

@@ -173,9 +173,39 @@ pub fn process_cpu_secs() -> f64 {
     proc_cpu_secs("self")
 }
 
+/// Name prefix of the load generator's threads (its runtime's workers, the recorder).
+/// Its own CPU is theirs alone, so a server or checker in the same process (`lockstep
+/// run`) is not counted as load-generator cost. Thread names are cut at 15 bytes.
+pub const THREAD_PREFIX: &str = "lockstep-load";
+
+/// CPU seconds of this process's threads named with [`THREAD_PREFIX`]; the whole
+/// process when there are none (a caller that did not name its runtime's threads).
+pub fn load_cpu_secs() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return process_cpu_secs();
+    };
+    let (mut secs, mut named) = (0.0, false);
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map_or("", |(c, _)| c);
+        if comm.starts_with(THREAD_PREFIX) {
+            named = true;
+            secs += stat_cpu_secs(&stat);
+        }
+    }
+    if named { secs } else { process_cpu_secs() }
+}
+
 /// CPU seconds of process `pid` (or `self`), from /proc; 0 when unavailable.
 pub fn proc_cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// utime + stime of a /proc `stat` line, in seconds.
+fn stat_cpu_secs(stat: &str) -> f64 {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
