@@ -416,6 +416,49 @@ fn locate(text: &str, path: &[Step]) -> Option<std::ops::Range<usize>> {
     Some(span)
 }
 
+/// The dotted path (`group[0].duration`) of the innermost key whose name or value holds
+/// `at` (a parse error's span), so a bad value is reported under its key.
+fn key_at(text: &str, at: std::ops::Range<usize>) -> Option<String> {
+    fn walk(t: &toml::de::DeTable, at: &std::ops::Range<usize>, path: String) -> Option<String> {
+        for (k, v) in t.iter() {
+            let (ks, vs) = (k.span(), v.span());
+            let holds = |s: &std::ops::Range<usize>| s.start <= at.start && at.end <= s.end;
+            let here = if path.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{path}.{}", k.get_ref())
+            };
+            // A `[table]`'s span is its header, not its keys: always look inside.
+            if let Some(deeper) = inner(v.get_ref(), at, &here) {
+                return Some(deeper);
+            }
+            if holds(&ks) || holds(&vs) {
+                return Some(here);
+            }
+        }
+        None
+    }
+    fn inner(v: &toml::de::DeValue, at: &std::ops::Range<usize>, path: &str) -> Option<String> {
+        if let Some(t) = v.as_table() {
+            return walk(t, at, path.to_owned());
+        }
+        let arr = v.as_array()?;
+        for (i, item) in arr.iter().enumerate() {
+            let here = format!("{path}[{i}]");
+            if let Some(deeper) = inner(item.get_ref(), at, &here) {
+                return Some(deeper);
+            }
+            let s = item.span();
+            if s.start <= at.start && at.end <= s.end {
+                return Some(here);
+            }
+        }
+        None
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    walk(doc.get_ref(), &at, String::new())
+}
+
 fn path_string(path: &[Step]) -> String {
     let mut s = String::new();
     for step in path {
@@ -452,8 +495,7 @@ impl Scenario {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
             let key = e
                 .span()
-                .map(|s| text[s].trim().trim_matches('"').to_owned())
-                .filter(|k| !k.is_empty() && k.len() < 80 && !k.contains('\n'))
+                .and_then(|s| key_at(text, s))
                 .unwrap_or_else(|| "-".into());
             ScenarioError {
                 file: file.to_owned(),
@@ -770,11 +812,11 @@ latency_p99_ms_max = 250
     fn misspelled_threshold_is_an_error() {
         let e = err(&GOOD.replace("latency_p99_ms_max", "latency_p99_max"));
         assert_eq!(e.line, 19);
-        assert_eq!(e.key, "latency_p99_max");
+        assert_eq!(e.key, "thresholds.latency_p99_max");
         assert!(e.message.contains("unknown field `latency_p99_max`"), "{e}");
         assert!(
             e.to_string()
-                .starts_with("s.toml:19:1: latency_p99_max: unknown field")
+                .starts_with("s.toml:19:1: thresholds.latency_p99_max: unknown field")
         );
     }
 
@@ -794,7 +836,7 @@ latency_p99_ms_max = 250
         assert!(e.message.contains("reset_peer"), "{e}");
 
         let e = err(&GOOD.replace("duration = \"10s\"", "duration = \"10 parsecs\""));
-        assert_eq!((e.line, e.key.as_str()), (4, "10 parsecs"));
+        assert_eq!((e.line, e.key.as_str()), (4, "duration"));
         assert!(e.message.contains("unknown unit"), "{e}");
 
         let e = err(&GOOD.replace("rate = 1.5", "rate = 1.5\nwindow = 3"));

@@ -325,7 +325,7 @@ fn bad_scenario_files_are_refused_with_file_line_and_key() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let want = format!(
-        "{}:8:1: latency_p99_ms: unknown field `latency_p99_ms`",
+        "{}:8:1: thresholds.latency_p99_ms: unknown field `latency_p99_ms`",
         path.display()
     );
     assert!(err.contains(&want), "stderr: {err}");
