@@ -329,11 +329,12 @@ async fn messages(
             );
         }
         Err(e) => {
-            return http_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Internal,
-                e.to_string(),
-            );
+            // A full room registry is load shedding (retry later), not a storage fault.
+            let code = match e {
+                crate::hub::HubError::Full(_) => ErrorCode::Overloaded,
+                crate::hub::HubError::Store(_) => ErrorCode::Internal,
+            };
+            return http_error(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string());
         }
     };
     let head = room.head();
