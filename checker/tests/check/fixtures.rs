@@ -44,6 +44,16 @@ fn only(report: &Report, kind: AnomalyKind) -> Anomaly {
     g.examples[0].clone()
 }
 
+/// The report passes (shown in full when it does not).
+fn passes(report: &Report) {
+    assert_eq!(
+        report.verdict,
+        Verdict::Pass,
+        "{}",
+        lockstep_checker::render::text(report)
+    );
+}
+
 fn who(a: &Anomaly) -> (u32, String, Option<u32>) {
     let c = a.client.clone().expect("names a client");
     (c.index, c.user, a.conn)
@@ -60,12 +70,7 @@ fn a_clean_history_passes() {
     }
     h.finished(0).finished(1);
     let r = h.check();
-    assert_eq!(
-        r.verdict,
-        Verdict::Pass,
-        "{}",
-        lockstep_checker::render::text(&r)
-    );
+    passes(&r);
     assert!(r.anomalies.is_empty());
     assert_eq!(r.stats.deliveries.total, 6);
     assert_eq!(r.stats.sends.acked, 3);
@@ -279,12 +284,7 @@ fn fifo_ignores_refused_attempts_and_dup_acks() {
     }
     h.finished(0).finished(1);
     let r = h.check();
-    assert_eq!(
-        r.verdict,
-        Verdict::Pass,
-        "{}",
-        lockstep_checker::render::text(&r)
-    );
+    passes(&r);
     assert_eq!(r.stats.errors.get("rate_limited"), Some(&1));
     assert_eq!(r.stats.sends.dup_acks, 1);
 }
@@ -374,12 +374,7 @@ fn a_client_that_left_or_closed_owes_nothing() {
     h.msg(2, 1, "r", 1, "m1", "u0").close(2, 1);
     h.finished(0).finished(1).finished(2);
     let r = h.check();
-    assert_eq!(
-        r.verdict,
-        Verdict::Pass,
-        "{}",
-        lockstep_checker::render::text(&r)
-    );
+    passes(&r);
 }
 
 #[test]
@@ -410,12 +405,7 @@ fn recovered_and_unconfirmed_are_counted_not_anomalies() {
     h.send(1, 1, "r", "m3").error(1, 1, "r", "m3", "too_long");
     h.finished(0).finished(1);
     let r = h.check();
-    assert_eq!(
-        r.verdict,
-        Verdict::Pass,
-        "{}",
-        lockstep_checker::render::text(&r)
-    );
+    passes(&r);
     assert_eq!(
         (r.recovered, r.unconfirmed, r.stats.sends.refused),
         (1, 1, 1)
@@ -437,12 +427,7 @@ fn a_reset_into_a_new_epoch_is_a_new_history() {
         .msg(1, 2, "r", 2, "m2", "u0");
     h.finished(0).finished(1);
     let r = h.check();
-    assert_eq!(
-        r.verdict,
-        Verdict::Pass,
-        "{}",
-        lockstep_checker::render::text(&r)
-    );
+    passes(&r);
     assert_eq!(r.stats.epochs, 2);
 }
 
@@ -625,10 +610,5 @@ fn a_join_sent_before_the_left_arrives_resumes_cleanly() {
     h.msg(1, 1, "r", 2, "m2", "u0");
     h.finished(0).finished(1);
     let r = h.check();
-    assert_eq!(
-        r.verdict,
-        Verdict::Pass,
-        "{}",
-        lockstep_checker::render::text(&r)
-    );
+    passes(&r);
 }
